@@ -1,0 +1,591 @@
+"""CLI verbs of the container engine: build, images, containers, exec and logs.
+
+Names follow Docker's where they fit. Every verb takes a host pattern first and
+works on each host it selects, so ``mockerops ps all`` lists every container of
+the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Awaitable, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mockerops.cli_common import (
+    AcceptKeysOpt,
+    BecomeOpt,
+    ConnectTimeoutOpt,
+    ForksOpt,
+    InventoryOpt,
+    JsonOpt,
+    LimitOpt,
+    TimeoutOpt,
+    connect_options,
+    run_fleet,
+    select,
+)
+from mockerops.connection import ConnectOptions
+from mockerops.errors import AgentCallError, MockeropsError
+from mockerops.fleet import HostContext, HostResult, Status, run_on_hosts
+from mockerops.report import EXIT_FAILED, Reporter, exit_code
+
+PatternArg = Annotated[str, typer.Argument(help="Host pattern, e.g. 'lab1' or 'web*'.")]
+ContainerArg = Annotated[str, typer.Argument(help="Container name or id.")]
+
+container_app = typer.Typer(
+    help="Manage containers (run, ls, stop, start, restart, rm, inspect, prune).",
+    no_args_is_help=True,
+)
+
+
+def _opts(forks, connect_timeout, timeout, accept, become) -> ConnectOptions:
+    return connect_options(forks, connect_timeout, timeout, accept, become)
+
+
+def _call_each(
+    hosts, opts: ConnectOptions, method: str, params: dict, json_output: bool,
+    title: str, describe: Callable[[Any], tuple[Status, str]] | None = None,
+) -> None:
+    """Call one agent method on every host and report each host's answer."""
+
+    async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
+        agent = await ctx.agent()
+        result = await agent.call(method, params)
+        status, message = describe(result) if describe else (Status.CHANGED, "")
+        return HostResult(ctx.host.name, status, message, data=result)
+
+    run_fleet(hosts, work, opts, json_output, title)
+
+
+def _gather(hosts, opts: ConnectOptions, method: str, params: dict) -> list[HostResult]:
+    """Call method on every host quietly and return the results."""
+
+    async def work(ctx: HostContext) -> HostResult:
+        agent = await ctx.agent()
+        return HostResult(ctx.host.name, Status.OK, data=await agent.call(method, params))
+
+    quiet = Reporter(out=open(os.devnull, "w"))
+    return asyncio.run(run_on_hosts(hosts, work, opts, quiet))
+
+
+def _print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """Print rows under columns, Docker style."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console(highlight=False, soft_wrap=True).print(table)
+
+
+def _finish(results: list[HostResult], json_output: bool) -> None:
+    """Report hosts that failed to answer on stderr and exit with the summed status."""
+    err = Console(stderr=True, highlight=False)
+    for r in results:
+        if r.status in (Status.FAILED, Status.UNREACHABLE):
+            err.print(f"{r.host} | {r.status.value} | {r.message}", style="red", markup=False)
+    raise typer.Exit(exit_code(results))
+
+
+def _age(ts: float | None) -> str:
+    """Return '5 minutes ago'-style text for a UNIX time."""
+    if not ts:
+        return ""
+    secs = max(0, int(time.time() - ts))
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if secs >= size:
+            n = secs // size
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return f"{secs} seconds ago"
+
+
+def _ports(container: dict) -> str:
+    """Return a container's published ports as text."""
+    return ", ".join(str(p.get("spec", p)) if isinstance(p, dict) else str(p)
+                     for p in container.get("ports") or [])
+
+
+# ---- images -----------------------------------------------------------------
+
+
+def build(
+    pattern: PatternArg,
+    mockerfile: Annotated[Path, typer.Argument(help="The Mockerfile to build.")],
+    tag: Annotated[Optional[str], typer.Option("-t", "--tag", help="name:tag")] = None,
+    context: Annotated[
+        Optional[Path], typer.Option("--context", "-C", help="Build context dir.")
+    ] = None,
+    build_arg: Annotated[
+        List[str], typer.Option("--build-arg", help="ARG value, KEY=VALUE.")
+    ] = [],
+    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 3600.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Build an image from a Mockerfile on every selected host."""
+    from mockerops.build import build_image
+
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    args = _parse_kv(build_arg, "--build-arg")
+    context_dir = context or mockerfile.parent
+
+    async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
+        agent = await ctx.agent()
+        steps = {"run": 0, "cached": 0}
+
+        def on_event(event: str, data: Any, blob: bytes) -> None:
+            if event == "step":
+                cached = data.get("cached")
+                steps["cached" if cached else "run"] += 1
+                mark = "CACHED " if cached else ""
+                reporter.host_update(ctx.host.name, f"step {data.get('step')}")
+                reporter.host_output(
+                    ctx.host.name, f"{mark}step {data.get('step')}: {data.get('instruction')}"
+                )
+            elif event == "output" and blob and not json_output:
+                reporter.host_output(ctx.host.name, blob.decode("utf-8", "replace").rstrip("\n"))
+
+        manifest = await build_image(
+            agent, mockerfile, context_dir, host=ctx.host.name,
+            variables=ctx.host.vars, build_args=args, tag=tag,
+            no_cache=no_cache, on_event=on_event,
+        )
+        status = Status.CHANGED if steps["run"] else Status.OK
+        message = f"{manifest['id'][:12]} ({steps['run']} built, {steps['cached']} cached)"
+        return HostResult(ctx.host.name, status, message, data=manifest)
+
+    run_fleet(hosts, work, opts, json_output, f"Build {mockerfile}")
+
+
+def _parse_kv(items: list[str], flag: str) -> dict[str, str]:
+    """Return KEY=VALUE items as a dict; a missing '=' is an error naming the flag."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MockeropsError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def images(
+    pattern: PatternArg,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 60.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List images on every selected host."""
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    results = _gather(hosts, opts, "image.list", {})
+    if json_output:
+        print(json.dumps({r.host: r.data for r in results if r.data is not None}))
+    else:
+        rows = []
+        for r in results:
+            for image in r.data or []:
+                tags = image.get("tags") or ["<none>"]
+                for t in tags:
+                    rows.append([
+                        r.host, t, image["id"][:12], _age(image.get("created")),
+                        _size(image.get("size")),
+                    ])
+        _print_table(["HOST", "IMAGE", "ID", "CREATED", "SIZE"], rows)
+    _finish(results, json_output)
+
+
+def _size(n: int | None) -> str:
+    """Return a byte count as human text."""
+    if n is None:
+        return ""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{value:.3g}TB"
+
+
+def rmi(
+    pattern: PatternArg,
+    image: Annotated[str, typer.Argument(help="Image name:tag or id.")],
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 120.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Remove an image (refused while a container uses it)."""
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    _call_each(hosts, opts, "image.rm", {"ref": image}, json_output,
+               f"Remove image {image}", lambda r: (Status.CHANGED, f"Removed: {image}"))
+
+
+# ---- containers -------------------------------------------------------------
+
+
+def container_run(
+    pattern: PatternArg,
+    image: Annotated[str, typer.Argument(help="Image name:tag or id.")],
+    command: Annotated[Optional[List[str]], typer.Argument(help="Command, after --.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Container name.")] = None,
+    publish: Annotated[
+        List[str], typer.Option("-p", "--publish", help="[ip:]host:container[/udp]")
+    ] = [],
+    env: Annotated[List[str], typer.Option("-e", "--env", help="KEY=VALUE")] = [],
+    volume: Annotated[List[str], typer.Option("-v", "--volume", help="src:dst[:ro]")] = [],
+    workdir: Annotated[Optional[str], typer.Option("-w", "--workdir")] = None,
+    user: Annotated[Optional[str], typer.Option("-u", "--user")] = None,
+    restart: Annotated[
+        str, typer.Option("--restart", help="no, always, on-failure[:N]")
+    ] = "no",
+    memory: Annotated[Optional[str], typer.Option("-m", "--memory", help="e.g. 256m")] = None,
+    cpus: Annotated[Optional[float], typer.Option("--cpus")] = None,
+    pids_limit: Annotated[Optional[int], typer.Option("--pids-limit")] = None,
+    label: Annotated[List[str], typer.Option("--label", "-L", help="KEY=VALUE")] = [],
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 120.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create and start a container (detached) on every selected host."""
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    params = {
+        "image": image, "name": name, "command": _strip_dashes(command) or None,
+        "env": env, "ports": publish, "volumes": volume, "workdir": workdir,
+        "user": user, "restart": restart, "memory": memory, "cpus": cpus,
+        "pids_limit": pids_limit, "labels": _parse_kv(label, "--label"),
+    }
+
+    async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
+        agent = await ctx.agent()
+        host_params = dict(params, subnet=ctx.host.subnet)
+        c = await agent.call("container.run", host_params)
+        message = f"Started: {c['name']} {c['id'][:12]} ip {c.get('ip') or '-'}"
+        return HostResult(ctx.host.name, Status.CHANGED, message, data=c)
+
+    run_fleet(hosts, work, opts, json_output, f"Run {image}")
+
+
+def _strip_dashes(command: list[str] | None) -> list[str]:
+    """Return command without a leading '--' separator."""
+    command = list(command or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    return command
+
+
+def ps(
+    pattern: Annotated[str, typer.Argument(help="Host pattern.")] = "all",
+    all_: Annotated[bool, typer.Option("-a", "--all", help="Show stopped too.")] = False,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 60.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List containers on every selected host (running ones; -a for all)."""
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    results = _gather(hosts, opts, "container.list", {"all": all_})
+    if json_output:
+        print(json.dumps({r.host: r.data for r in results if r.data is not None}))
+    else:
+        rows = []
+        for r in results:
+            for c in r.data or []:
+                status = c.get("status", "")
+                if status == "exited":
+                    status = f"exited ({c.get('exit_code')}) {_age(c.get('finished_at'))}"
+                elif status == "running":
+                    status = f"up since {_age(c.get('started_at'))}"
+                rows.append([r.host, c["id"][:12], c.get("name", ""),
+                             c.get("image", ""), status, c.get("ip") or "", _ports(c)])
+        _print_table(["HOST", "CONTAINER ID", "NAME", "IMAGE", "STATUS", "IP", "PORTS"],
+                     rows)
+    _finish(results, json_output)
+
+
+def _simple_verb(method: str, verb: str, extra: Callable[..., dict] | None = None):
+    """Make a command that calls method with the container name on each host."""
+
+    def command(
+        pattern: PatternArg,
+        container: ContainerArg,
+        inventory: InventoryOpt = None,
+        limit: LimitOpt = None,
+        forks: ForksOpt = 50,
+        connect_timeout: ConnectTimeoutOpt = 10.0,
+        timeout: TimeoutOpt = 120.0,
+        accept_new_host_keys: AcceptKeysOpt = False,
+        become: BecomeOpt = None,
+        json_output: JsonOpt = False,
+        stop_timeout: Annotated[
+            float, typer.Option("-t", "--time", help="Seconds before SIGKILL.")
+        ] = 10.0,
+        force: Annotated[bool, typer.Option("-f", "--force")] = False,
+    ) -> None:
+        hosts = select(inventory, pattern, limit)
+        opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+        params = {"name": container}
+        if method in ("container.stop", "container.restart"):
+            params["timeout"] = stop_timeout
+        if method == "container.rm":
+            params["force"] = force
+        _call_each(hosts, opts, method, params, json_output, f"{verb} {container}",
+                   lambda r: (Status.CHANGED, f"{verb}: {container}"))
+
+    command.__doc__ = f"{method.split('.')[1].capitalize()} a container on every selected host."
+    return command
+
+
+def inspect(
+    pattern: PatternArg,
+    container: ContainerArg,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 60.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+) -> None:
+    """Show a container's full record as JSON, per host."""
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    results = _gather(hosts, opts, "container.inspect", {"name": container})
+    print(json.dumps({r.host: r.data for r in results if r.data is not None},
+                     indent=2, sort_keys=True))
+    _finish(results, False)
+
+
+def prune(
+    pattern: PatternArg,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 300.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Remove stopped containers, then images and layers nothing uses."""
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+
+    async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
+        agent = await ctx.agent()
+        containers = await agent.call("container.prune", {})
+        images = await agent.call("image.prune", {})
+        return HostResult(ctx.host.name, Status.CHANGED,
+                          f"pruned containers {containers}, images {images}",
+                          data={"containers": containers, "images": images})
+
+    run_fleet(hosts, work, opts, json_output, "Prune")
+
+
+# ---- logs and exec: streaming -----------------------------------------------
+
+
+def logs(
+    pattern: PatternArg,
+    container: ContainerArg,
+    follow: Annotated[bool, typer.Option("-f", "--follow")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0)] = None,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+) -> None:
+    """Print a container's output (stdout and stderr); --follow keeps streaming."""
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(len(hosts), connect_timeout, 60.0, accept_new_host_keys, become)
+    prefix = len(hosts) > 1
+
+    async def work(ctx: HostContext) -> HostResult:
+        agent = await ctx.agent()
+
+        def on_event(event: str, data: Any, blob: bytes) -> None:
+            if event == "output":
+                _write_output(ctx.host.name if prefix else None, data, blob)
+
+        handle = agent.open_call(
+            "container.logs", {"name": container, "follow": follow, "tail": tail},
+            on_event=on_event,
+        )
+        await agent.drain()
+        await handle.result(timeout=None if follow else 300.0)
+        return HostResult(ctx.host.name, Status.OK)
+
+    results = _stream_hosts(hosts, work, opts)
+    _finish(results, False)
+
+
+def _stream_hosts(hosts, work, opts) -> list[HostResult]:
+    """Run streaming work on hosts; Ctrl-C ends the stream quietly."""
+    quiet = Reporter(out=open(os.devnull, "w"))
+    try:
+        return asyncio.run(run_on_hosts(hosts, work, opts, quiet))
+    except KeyboardInterrupt:
+        raise typer.Exit(0)
+
+
+def _write_output(host: str | None, data: Any, blob: bytes) -> None:
+    """Write an output chunk to stdout or stderr, prefixed by host when several."""
+    stream = sys.stderr if (data or {}).get("stream") == "stderr" else sys.stdout
+    if host:
+        text = blob.decode("utf-8", "replace")
+        for line in text.splitlines():
+            stream.write(f"{host}: {line}\n")
+    else:
+        stream.buffer.write(blob)
+    stream.flush()
+
+
+def exec_(
+    pattern: PatternArg,
+    container: ContainerArg,
+    command: Annotated[List[str], typer.Argument(help="Command and its arguments.")],
+    tty: Annotated[bool, typer.Option("-t", "--tty", help="Allocate a PTY.")] = False,
+    interactive: Annotated[
+        bool, typer.Option("--interactive", help="Keep stdin open (implied by -t).")
+    ] = False,
+    env: Annotated[List[str], typer.Option("-e", "--env", help="KEY=VALUE")] = [],
+    workdir: Annotated[Optional[str], typer.Option("-w", "--workdir")] = None,
+    user: Annotated[Optional[str], typer.Option("-u", "--user")] = None,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 3600.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+) -> None:
+    """Run a command in a running container; its exit status is passed through."""
+    argv = _strip_dashes(command)
+    if not argv:
+        raise MockeropsError("exec: no command given", hint="add it after --")
+    hosts = select(inventory, pattern, limit)
+    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    if (tty or interactive) and len(hosts) > 1:
+        raise MockeropsError(
+            f"exec -t/--interactive needs one host; the pattern selects {len(hosts)}"
+        )
+    prefix = len(hosts) > 1
+    params = {"name": container, "argv": argv, "env": env, "tty": tty,
+              "interactive": tty or interactive, "workdir": workdir, "user": user}
+
+    async def work(ctx: HostContext) -> HostResult:
+        agent = await ctx.agent()
+        handle = agent.open_call(
+            "container.exec", params,
+            on_event=lambda e, d, b: e == "output" and _write_output(
+                ctx.host.name if prefix else None, d, b),
+        )
+        await agent.drain()
+        if tty or interactive:
+            result = await _pump_stdin(handle, tty, timeout)
+        else:
+            result = await handle.result(timeout)
+        rc = int(result.get("exit_code", -1))
+        status = Status.OK if rc == 0 else Status.FAILED
+        return HostResult(ctx.host.name, status, f"exit {rc}", data={"exit_code": rc})
+
+    results = _stream_hosts(hosts, work, opts)
+    err = Console(stderr=True, highlight=False)
+    for r in results:
+        if r.status is Status.UNREACHABLE or (r.status is Status.FAILED and r.data is None):
+            err.print(f"{r.host} | {r.status.value} | {r.message}", style="red", markup=False)
+        elif prefix and r.status is Status.FAILED:
+            err.print(f"{r.host} | {r.message}", markup=False)
+    if len(results) == 1 and results[0].data is not None:
+        raise typer.Exit(results[0].data["exit_code"])
+    raise typer.Exit(exit_code(results))
+
+
+async def _pump_stdin(handle, tty: bool, timeout: float) -> dict:
+    """Copy local stdin to the call (raw mode with -t) until the call ends."""
+    import termios
+    import tty as ttymod
+
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    saved = None
+    if tty and os.isatty(fd):
+        saved = termios.tcgetattr(fd)
+        ttymod.setraw(fd)
+
+    def readable() -> None:
+        data = os.read(fd, 65536)
+        handle.send_stdin(data)
+        if not data:
+            loop.remove_reader(fd)
+
+    loop.add_reader(fd, readable)
+    try:
+        return await handle.result(timeout)
+    finally:
+        loop.remove_reader(fd)
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the engine's verbs to the main app."""
+    app.command("build")(build)
+    app.command("images")(images)
+    app.command("rmi")(rmi)
+    app.command("ps")(ps)
+    app.command("logs")(logs)
+    app.command("exec", context_settings={"allow_interspersed_args": False})(exec_)
+    app.command("inspect")(inspect)
+    app.command("prune")(prune)
+    container_app.command("run", context_settings={"allow_interspersed_args": True})(
+        container_run
+    )
+    container_app.command("ls")(ps)
+    container_app.command("inspect")(inspect)
+    container_app.command("prune")(prune)
+    for method, verb in (
+        ("container.stop", "Stopped"), ("container.start", "Started"),
+        ("container.restart", "Restarted"), ("container.rm", "Removed"),
+    ):
+        cmd = _simple_verb(method, verb)
+        name = method.split(".")[1]
+        app.command(name)(cmd)
+        container_app.command(name)(cmd)
+    app.add_typer(container_app, name="container")

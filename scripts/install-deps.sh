@@ -1,0 +1,17 @@
+#!/bin/sh
+# Install what mockerops, its lab and its tests need on a Debian machine (as root).
+set -eu
+packages="openssh-server openssh-client iptables iproute2 procps psmisc curl \
+busybox-static debootstrap python3-minimal sudo"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
+        || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+# sshd is started per lab host by 'mockerops lab up'; keep the distribution's
+# own sshd service out of the way so nothing listens that we did not start.
+python3 -m pip install -q -e ".[test]"
