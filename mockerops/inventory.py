@@ -72,7 +72,8 @@ class Group:
     from_files: Sourced = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
-        return f"<Group {self.name} hosts={len(self.hosts)} children={len(self.children)}>"
+        sizes = f"hosts={len(self.hosts)} children={len(self.children)}"
+        return f"<Group {self.name} {sizes}>"
 
 
 @dataclass(eq=False)
@@ -182,7 +183,7 @@ def _looks_like_yaml(path: Path, text: str) -> bool:
             continue
         if line.startswith("["):
             return False
-        return line in ("---", "{") or line.endswith(":") or ": " in line
+        return line.startswith(("---", "{")) or line.endswith(":") or ": " in line
     return False
 
 
@@ -194,6 +195,7 @@ class _Draft:
         self.groups: dict[str, Group] = {}
         self.hosts: dict[str, Sourced] = {}
         self.edges: dict[tuple[str, str], str] = {}
+        self.members: dict[str, set[str]] = {}  # fast "already listed" checks
         self.group("all")
         self.group("ungrouped")
 
@@ -201,17 +203,19 @@ class _Draft:
         """Return group NAME, creating it on first mention."""
         if name not in self.groups:
             self.groups[name] = Group(name)
+            self.members[name] = set()
         return self.groups[name]
 
     def add_hosts(self, group: str, pattern: str, where: str) -> list[str]:
         """Add the hosts PATTERN names (ranges, name:port) to GROUP."""
         name, port = patterns.split_port(pattern, where)
         names = patterns.expand_host_range(name, where)
-        members = self.group(group).hosts
+        members, known = self.group(group).hosts, self.members[group]
         for host in names:
             _check_host_name(host, where)
             self.hosts.setdefault(host, {})
-            if host not in members:
+            if host not in known:
+                known.add(host)
                 members.append(host)
             if port is not None:
                 self.hosts[host]["ansible_port"] = (port, where)
@@ -385,10 +389,10 @@ def _yaml_hosts(draft: _Draft, group: str, node: yaml.Node) -> None:
         names = draft.add_hosts(group, pattern, _where(path, key))
         hint = f"give host variables as a mapping: '{pattern}: {{ansible_host: ...}}'"
         for var, value in _pairs(path, body, f"host {pattern!r}", hint):
-            key_name = _name(path, var, "variable")
+            key_name, where = _name(path, var, "variable"), _where(path, var)
             for host in names:
                 # Construct per host so hosts never share a mutable value.
-                draft.hosts[host][key_name] = (_construct(path, value), _where(path, var))
+                draft.hosts[host][key_name] = (_construct(path, value), where)
 
 
 # INI: Ansible's format, including its quirks (values go through literal_eval).
@@ -497,13 +501,15 @@ def _ini_child(line: str, group: str, where: str) -> str:
 # group_vars/ and host_vars/: the files Ansible's host_group_vars plugin reads.
 
 
-def _vars_files(folder: Path, name: str) -> list[Path]:
-    """Return the files holding NAME's variables; only the first form found counts."""
-    for candidate in (folder / name, *(folder / f"{name}{ext}" for ext in _EXTS)):
-        if candidate.is_dir():
-            return _dir_files(candidate)
-        if candidate.is_file():
-            return [candidate]
+def _vars_files(folder: Path, name: str, present: set[str]) -> list[Path]:
+    """Return the files holding NAME's variables; the first form found counts."""
+    for candidate in (name, *(f"{name}{ext}" for ext in _EXTS)):
+        if candidate not in present:
+            continue
+        if (folder / candidate).is_dir():
+            return _dir_files(folder / candidate)
+        if (folder / candidate).is_file():
+            return [folder / candidate]
     return []
 
 
@@ -523,10 +529,22 @@ def _dir_files(folder: Path) -> list[Path]:
     return found
 
 
-def _read_vars(folder: Path, name: str) -> Sourced:
-    """Return the variables group_vars/NAME or host_vars/NAME sets, later files winning."""
+def _listing(folder: Path) -> set[str]:
+    """Return the names in FOLDER, or none if it is missing."""
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise InventoryError(
+            f"cannot list {folder}: {exc.strerror}", hint="check its permissions"
+        ) from None
+
+
+def _read_vars(folder: Path, name: str, present: set[str]) -> Sourced:
+    """Return the variables in group_vars/NAME or host_vars/NAME; later files win."""
     merged: Sourced = {}
-    for path in _vars_files(folder, name):
+    for path in _vars_files(folder, name, present):
         text = _read(path, "variables file")
         if text.startswith("$ANSIBLE_VAULT"):
             raise InventoryError(
@@ -560,44 +578,65 @@ def _warn_strays(folder: Path, known: dict[str, Any], what: str) -> None:
 def _build(draft: _Draft) -> Inventory:
     """Complete DRAFT and return the Inventory it describes."""
     groups = draft.groups
+    member_of = _host_groups(draft, _complete_tree(draft))
+
+    base = draft.path.absolute().parent
+    group_dir, host_dir = base / "group_vars", base / "host_vars"
+    in_group_dir, in_host_dir = _listing(group_dir), _listing(host_dir)
+    for name, group in groups.items():
+        group.from_files = _read_vars(group_dir, name, in_group_dir)
+        group.vars = _values({**group.inline, **group.from_files})
+    _warn_strays(group_dir, groups, "group")
+    _warn_strays(host_dir, draft.hosts, "host")
+
+    hosts: dict[str, Host] = {}
+    for name, inline in draft.hosts.items():
+        ordered = member_of[name]
+        files = _read_vars(host_dir, name, in_host_dir)
+        merged = _merge(groups, ordered, inline, files)
+        hosts[name] = _make_host(name, merged, ["all", *ordered], base)
+    return Inventory(draft.path, hosts, groups)
+
+
+def _complete_tree(draft: _Draft) -> dict[str, set[str]]:
+    """Put parentless groups under all, set depths; return each group's ancestors."""
+    groups = draft.groups
     for group in groups.values():
         if group.name != "all" and not group.parents:
             groups["all"].children.append(group.name)
             group.parents.append("all")
     _check_loops(draft)
+
     ancestors: dict[str, set[str]] = {}
     for name in groups:
         _depth(groups, name)
         _ancestors(groups, name, ancestors)
+    return ancestors
 
-    base = draft.path.absolute().parent
-    for name, group in groups.items():
-        group.from_files = _read_vars(base / "group_vars", name)
-        group.vars = _values({**group.inline, **group.from_files})
-    _warn_strays(base / "group_vars", groups, "group")
-    _warn_strays(base / "host_vars", draft.hosts, "host")
 
-    direct: dict[str, list[str]] = {name: [] for name in draft.hosts}
+def _host_groups(
+    draft: _Draft, ancestors: dict[str, set[str]]
+) -> dict[str, list[str]]:
+    """Return each host's groups but all, in precedence order; fill ungrouped."""
+    groups = draft.groups
+    belongs: dict[str, set[str]] = {name: {"all"} for name in draft.hosts}
     for group in groups.values():
         for host in group.hosts:
-            direct[host].append(group.name)
-    hosts: dict[str, Host] = {}
-    for name, inline in draft.hosts.items():
-        member_of = set().union(*(ancestors[g] | {g} for g in direct[name]), {"all"})
+            belongs[host] |= ancestors[group.name] | {group.name}
+
+    ordered: dict[str, list[str]] = {}
+    for name, member_of in belongs.items():
         if member_of <= {"all", "ungrouped"}:
             member_of.add("ungrouped")
-            if name not in groups["ungrouped"].hosts:
-                groups["ungrouped"].hosts.append(name)
-        elif name in groups["ungrouped"].hosts:
-            groups["ungrouped"].hosts.remove(name)
+        else:
+            # As in Ansible: a host listed in a real group leaves ungrouped.
             member_of.discard("ungrouped")
-        ordered = sorted(
+        ordered[name] = sorted(
             member_of - {"all"},
             key=lambda g: (groups[g].depth, groups[g].priority, g),
         )
-        merged = _merge(groups, ordered, inline, _read_vars(base / "host_vars", name))
-        hosts[name] = _make_host(name, merged, ["all", *ordered], base)
-    return Inventory(draft.path, hosts, groups)
+    groups["ungrouped"].hosts = [h for h in belongs if "ungrouped" in belongs[h]]
+    return ordered
 
 
 def _check_loops(draft: _Draft) -> None:
@@ -605,6 +644,7 @@ def _check_loops(draft: _Draft) -> None:
     state: dict[str, int] = {}  # 1 while on the current path, 2 when done
 
     def visit(name: str, trail: list[str]) -> None:
+        """Walk down from NAME; TRAIL is the path of groups that led here."""
         state[name] = 1
         for child in draft.groups[name].children:
             if state.get(child) == 1:
@@ -630,7 +670,9 @@ def _depth(groups: dict[str, Group], name: str) -> int:
     return group.depth
 
 
-def _ancestors(groups: dict[str, Group], name: str, memo: dict[str, set[str]]) -> set[str]:
+def _ancestors(
+    groups: dict[str, Group], name: str, memo: dict[str, set[str]]
+) -> set[str]:
     """Return every group above NAME."""
     if name not in memo:
         found: set[str] = set()
@@ -716,7 +758,7 @@ def _make_host(name: str, merged: Sourced, groups: list[str], base: Path) -> Hos
 def _as_port(name: str, picked: tuple[str, Any, str]) -> int:
     """Return a port variable as an int from 1 to 65535."""
     value = picked[1]
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise _bad(name, picked, "a port number from 1 to 65535")

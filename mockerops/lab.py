@@ -6,7 +6,7 @@ else a prefix and a hash) so that every kernel name fits IFNAMSIZ (15 characters
     root namespace  bridge ``mo-TAG-br`` holding the subnet's .1
     host i          netns ``mo-TAG-i``; veth ``mo-TAG-i`` on the bridge, its peer
                     ``eth0`` inside with address .(10+i) and a default route via .1;
-                    OpenSSH sshd on address:22, started with ``ip netns exec``
+                    OpenSSH sshd on address:22, started with ``nsenter --net``
     lab dir         lab.json, id_ed25519, authorized_keys, known_hosts and
                     hosts/HOST/{sshd_config, ssh_host_ed25519_key, sshd.pid,
                     sshd.log, root/}; root/ is the host's mockerops state root
@@ -62,6 +62,8 @@ _UNSAFE_DIR_CHARS = set(" \t\n\"'%\\")
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 _PACKAGES = {"ip": "iproute2", "sshd": "openssh-server", "ssh-keygen": "openssh-client"}
 _MNT_DETACH = 2
+_LAB_FILES = {"lab.json", "id_ed25519", "id_ed25519.pub", "authorized_keys",
+              "known_hosts", "hosts"}
 
 
 class LabHost(NamedTuple):
@@ -161,6 +163,22 @@ def default_lab_dir(name: str) -> Path:
     return Path.home() / ".mockerops" / "lab" / name
 
 
+def _check_owned(directory: Path) -> None:
+    """Refuse to build in, kill for, unmount under or delete a directory that holds
+    anything but a lab's files: a mistyped --dir must never cost a user data."""
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    foreign = sorted(e for e in entries if e not in _LAB_FILES
+                     and not (e.startswith(".") and e.endswith(".tmp")))
+    if foreign or directory == directory.parent:
+        raise LabError(
+            f"{directory} is not a lab dir: it holds {', '.join(foreign[:5]) or '/'}",
+            hint="pass --dir with the directory 'mockerops lab up' made, or a new one",
+        )
+
+
 def _check_name(name: str) -> None:
     """Refuse a lab name that cannot be a group, host prefix and file name."""
     if not _NAME_RE.fullmatch(name):
@@ -211,11 +229,13 @@ def missing_requirements(
 def check_requirements(*, tools: Iterable[str] = _PACKAGES) -> None:
     """Raise LabError naming everything the lab lacks on this machine."""
     missing = missing_requirements(tools=tools)
-    if missing:
-        raise LabError(
-            "the lab cannot run here: " + "; ".join(missing),
-            hint="on Debian: apt-get install iproute2 openssh-server openssh-client",
-        )
+    if not missing:
+        return
+    packages = [_PACKAGES[m.split(":")[0]] for m in missing if not m.startswith("root")]
+    hint = "run it as root, e.g. with sudo" if not packages else (
+        f"on Debian: apt-get install {' '.join(packages)}"
+    )
+    raise LabError("the lab cannot run here: " + "; ".join(missing), hint=hint)
 
 
 def _tool(name: str) -> str:
@@ -455,7 +475,8 @@ def _sshd_config(paths: _Paths, host: str, address: str) -> str:
         f"ListenAddress {address}:{SSH_PORT}",
         f"HostKey {hdir / 'ssh_host_ed25519_key'}",
         f"PidFile {hdir / 'sshd.pid'}",
-        f"AuthorizedKeysFile {paths.authorized_keys}",
+        # The lab key for every login, and a user's own keys as on any host.
+        f"AuthorizedKeysFile {paths.authorized_keys} .ssh/authorized_keys",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -522,8 +543,13 @@ def _start_sshd(paths: _Paths, host: str, ns: str, sshd: str) -> None:
         _signal_all([old], signal.SIGKILL)
     (hdir / "sshd.pid").unlink(missing_ok=True)
     logfile = hdir / "sshd.log"
-    result = _run(["ip", "netns", "exec", ns, sshd, "-f", config, "-E", str(logfile)],
-                  check=False)
+    # nsenter joins the network namespace only. 'ip netns exec' would also give
+    # sshd a private mount namespace with a fresh /sys, hiding the cgroup
+    # hierarchies mounted under /sys/fs/cgroup from every container it starts.
+    result = _run(
+        ["nsenter", f"--net=/run/netns/{ns}", sshd, "-f", config, "-E", str(logfile)],
+        check=False,
+    )
     if result.returncode != 0:
         tail = _tail(logfile) or result.stderr.strip()
         raise LabError(
@@ -593,19 +619,20 @@ def _process_table() -> dict[int, int]:
     return table
 
 
-def _root_mount_under(pid: int, lab_dir: str) -> bool:
-    """Return whether a process's root was mounted from the lab dir (a container)."""
+def _root_mount_under(pid: int, dirs: Iterable[str]) -> bool:
+    """Return whether a process's root was mounted from one of some directories,
+    as a container's overlay or bind-mounted rootfs is."""
     try:
         with open(f"/proc/{pid}/mountinfo") as f:
             roots = [line for line in f if line.split(" ", 5)[4] == "/"]
     except (OSError, IndexError):
         return False
-    return bool(roots) and lab_dir + "/" in roots[-1]
+    return bool(roots) and any(d.rstrip("/") + "/" in roots[-1] for d in dirs)
 
 
-def _lab_pids(ns_inodes: set[int], lab_dir: str) -> set[int]:
-    """Return the lab's processes: those in its namespaces, its containers, and
-    everything they started."""
+def _lab_pids(ns_inodes: set[int], dirs: Iterable[str]) -> set[int]:
+    """Return the processes in some lab namespaces, the containers whose root lies
+    under some directories, and everything they started."""
     table = _process_table()
     own_mnt = os.stat("/proc/self/ns/mnt").st_ino
     seeds = set()
@@ -616,7 +643,7 @@ def _lab_pids(ns_inodes: set[int], lab_dir: str) -> set[int]:
         # Only a process in another mount namespace can have pivoted into a rootfs.
         with contextlib.suppress(OSError):
             if os.stat(f"/proc/{pid}/ns/mnt").st_ino != own_mnt and _root_mount_under(
-                pid, lab_dir
+                pid, dirs
             ):
                 seeds.add(pid)
 
@@ -644,10 +671,10 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _kill_lab_processes(ns_inodes: set[int], lab_dir: str) -> int:
+def _kill_lab_processes(ns_inodes: set[int], dirs: list[str]) -> int:
     """Stop the lab's processes: SIGTERM, a short grace, then SIGKILL until none are
     left (a supervisor may restart a container in between); return how many."""
-    pids = _lab_pids(ns_inodes, lab_dir)
+    pids = _lab_pids(ns_inodes, dirs)
     total = set(pids)
     if not pids:
         return 0
@@ -655,13 +682,13 @@ def _kill_lab_processes(ns_inodes: set[int], lab_dir: str) -> int:
     end = time.monotonic() + STOP_GRACE
     while pids and time.monotonic() < end:
         time.sleep(0.05)
-        pids = _lab_pids(ns_inodes, lab_dir)
+        pids = _lab_pids(ns_inodes, dirs)
     end = time.monotonic() + KILL_DEADLINE
     while pids:
         total |= pids
         _signal_all(pids, signal.SIGKILL)
         time.sleep(0.05)
-        pids = _lab_pids(ns_inodes, lab_dir)
+        pids = _lab_pids(ns_inodes, dirs)
         if pids and time.monotonic() > end:
             raise LabError(
                 f"lab processes {sorted(pids)} survive SIGKILL",
@@ -715,14 +742,15 @@ def _unmount_under(directory: Path) -> list[str]:
 # -- hosts -------------------------------------------------------------------------
 
 
-def _remove_netns(tag: str, indices: Iterable[int], lab_dir: str) -> list[str]:
-    """Stop the processes of some lab hosts and delete their namespaces and veths."""
+def _remove_netns(tag: str, indices: Iterable[int], dirs: list[str]) -> list[str]:
+    """Stop the processes of some lab hosts (and containers rooted under dirs), then
+    delete the hosts' namespaces and veths."""
     namespaces = [netns_name(tag, i) for i in indices]
     inodes = {i for i in map(_netns_inode, namespaces) if i is not None}
     removed = []
-    killed = _kill_lab_processes(inodes, lab_dir)
+    killed = _kill_lab_processes(inodes, dirs)
     if killed:
-        removed.append(f"{killed} processes")
+        removed.append(f"{killed} process" + ("es" if killed != 1 else ""))
     present = _netns_names()
     links = _links()
     for ns in namespaces:
@@ -802,6 +830,7 @@ def lab_up(
     if n is not None and not 1 <= n <= MAX_HOSTS:
         raise LabError(f"bad host count {n}", hint=f"give 1 to {MAX_HOSTS}")
     paths = _Paths(_resolve_dir(name, lab_dir))
+    _check_owned(paths.dir)
     created = not paths.dir.exists()
     paths.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -902,11 +931,14 @@ def _build(
 
     surplus = sorted(i for i in existing if i > n)
     if surplus:
-        _remove_netns(tag, surplus, str(paths.dir))
-        for i in surplus:
-            hdir = paths.host(f"{name}{i}")
-            if not _unmount_under(hdir) and not mounts_under(hdir):
+        hdirs = [paths.host(f"{name}{i}") for i in surplus]
+        _remove_netns(tag, surplus, [str(d) for d in hdirs])
+        for hdir in hdirs:
+            _unmount_under(hdir)
+            # Never delete through a mount that would not go: it may be a volume.
+            if not mounts_under(hdir):
                 shutil.rmtree(hdir, ignore_errors=True)
+        for i in surplus:
             address = _host_address(net, i)
             info.actions.append(LabAction("removed", f"{name}{i}", address))
 
@@ -926,13 +958,14 @@ def lab_down(
     bridge, then the lab dir and the inventory (only if the inventory is this lab's).
     """
     _check_name(name)
+    paths = _Paths(_resolve_dir(name, lab_dir))
+    _check_owned(paths.dir)
     check_requirements(tools=["ip"])
     tag = lab_tag(name)
-    paths = _Paths(_resolve_dir(name, lab_dir))
     state = _read_state(paths) if paths.dir.exists() else None
     removed: list[str] = []
 
-    removed += _remove_netns(tag, sorted(_lab_netns(tag)), str(paths.dir))
+    removed += _remove_netns(tag, sorted(_lab_netns(tag)), [str(paths.dir)])
     for link in _lab_links(tag):
         _run(["ip", "link", "del", link], check=False)
         removed.append(f"link {link}")

@@ -233,7 +233,10 @@ def _raise_no_match(
     else:
         hint = "its & and ! terms leave no host; check them"
     if names:
-        raise InventoryError(f"{what} {pattern!r}: {unknown[0]!r} {where}", hint=hint)
+        raise InventoryError(
+            f"{what} {pattern!r}: {unknown[0]!r} names no host or group {where}",
+            hint=hint,
+        )
     raise InventoryError(f"{what} {pattern!r} matches no host {where}", hint=hint)
 
 
@@ -270,8 +273,8 @@ def _match_term(
 
 
 def _split_subscript(term: str) -> tuple[str, tuple[int, int | None] | None]:
-    """Split ``web[1:3]`` into the base term and (start, end or None)."""
-    match = _SUBSCRIPT.match(term)
+    """Split ``web[1:3]`` into the base and (start, end or None); not a ~regex."""
+    match = None if term.startswith("~") else _SUBSCRIPT.match(term)
     if not match:
         return term, None
     base, index, start, end = match.groups()

@@ -213,6 +213,26 @@ class DeployOutcome:
                           data={"image_id": self.image_id, "plan": self.diff})
 
 
+def image_builder(app: AppSpec, host: str, host_vars: dict, *, no_cache: bool = False,
+                  on_event=None) -> Callable[[object], Awaitable[str]]:
+    """Return DeployOptions.build for a host: build the app's image, return its id.
+
+    The Mockerfile sees the host's inventory variables overlaid by the app's
+    vars, as play vars override inventory vars in Ansible.
+    """
+    async def build(session) -> str:
+        from mockerops.build import build_image
+
+        manifest = await build_image(
+            session, app.image.mockerfile, app.image.context, host=host,
+            variables={**host_vars, **app.vars}, build_args=app.image.build_args,
+            tag=f"{app.name}:latest", no_cache=no_cache, on_event=on_event,
+        )
+        return manifest["id"]
+
+    return build
+
+
 class HealthFailed(DeployError):
     """A new container did not pass its health check."""
 

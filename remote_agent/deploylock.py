@@ -130,7 +130,7 @@ def acquire(root, app, owner, ttl=DEFAULT_TTL, renew=False, token=None, now=None
         return record
 
 
-def release(root, app, token=None, force=False):
+def release(root, app, token=None, force=False, now=None):
     """Remove app's lock if token holds it (or force); return whether it was removed.
 
     Releasing a lock someone else holds raises Conflict unless force is set, so a
@@ -142,7 +142,7 @@ def release(root, app, token=None, force=False):
         if held is None:
             return False
         if not force and held.get("token") != token:
-            now = time.time()
+            now = time.time() if now is None else now
             if held.get("expires", 0) > now:
                 raise conflict(app, held, now)
         os.unlink(path)

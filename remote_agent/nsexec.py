@@ -13,10 +13,12 @@ loop (reap every child, forward signals, exit with the main command's status)
 and the last steps before execve (user, capabilities, no_new_privs).
 """
 
+import fcntl
 import json
 import os
 import signal
 import sys
+import termios
 
 from remote_agent import mounts
 from remote_agent import namespaces as ns
@@ -110,7 +112,7 @@ def build_env(env, home="/root"):
 
 
 def exec_command(argv, env, cwd="/", user="", caps=ns.DEFAULT_CAPS,
-                 no_new_privs=True):
+                 no_new_privs=True, pdeathsig=None):
     """Drop privileges as configured and execve argv; never return.
 
     Runs in the forked child that becomes the user's process. On failure it
@@ -134,6 +136,9 @@ def exec_command(argv, env, cwd="/", user="", caps=ns.DEFAULT_CAPS,
             ns.capset(keep, keep, keep)
         if no_new_privs:
             ns.set_no_new_privs()
+        if pdeathsig:
+            # Set after the uid switch, which clears it (prctl(2)).
+            ns.set_pdeathsig(pdeathsig)
         if not os.path.isdir(cwd):
             os.makedirs(cwd, 0o755)
         os.chdir(cwd)
@@ -219,18 +224,61 @@ def _sandbox_init(spec):
     os._exit(init_loop(pid))
 
 
-def _read_spec():
-    """Read the JSON spec from stdin, then point stdin at /dev/null."""
+def _read_spec(fd=0):
+    """Read the JSON spec from fd; stdin is then pointed at /dev/null."""
     data = b""
     while True:
-        chunk = os.read(0, 65536)
+        chunk = os.read(fd, 65536)
         if not chunk:
             break
         data += chunk
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    if fd == 0:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    else:
+        os.close(fd)
     return json.loads(data.decode("utf-8"))
+
+
+def exec_main(pid, spec_fd):
+    """Join the namespaces of container PID 1 pid and run the spec's command."""
+    spec = _read_spec(spec_fd)
+    # Opened while the host's /sys is still in view; the child writes itself
+    # in so only the command, not this helper, counts against the limits.
+    procs = [os.open(p, os.O_WRONLY) for p in spec.get("cgroup_procs", ())]
+    ns.join_namespaces(pid)
+    child = os.fork()
+    if child == 0:
+        try:
+            for fd in procs:
+                os.write(fd, b"0")
+                os.close(fd)
+            if spec.get("tty"):
+                os.setsid()
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        except BaseException as exc:
+            _die(126, "mockerops: exec setup failed: %s\n" % exc)
+        exec_command(spec["argv"], spec.get("env") or [], spec.get("cwd") or "/",
+                     spec.get("user") or "", no_new_privs=True,
+                     pdeathsig=signal.SIGKILL)
+    for fd in procs:
+        os.close(fd)
+
+    def forward(signum, frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            return exit_code(status)
+        except ChildProcessError:
+            return 255
 
 
 def main(argv):
@@ -241,9 +289,7 @@ def main(argv):
     mode = argv[0]
     if mode == "sandbox":
         return sandbox_main(_read_spec())
-    if mode == "exec" and len(argv) == 2:
-        from remote_agent import execution
-
-        return execution.exec_main(int(argv[1]))
+    if mode == "exec" and len(argv) == 3:
+        return exec_main(int(argv[1]), int(argv[2]))
     sys.stderr.write("nsexec: unknown mode %r\n" % mode)
     return 2

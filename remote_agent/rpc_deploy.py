@@ -6,9 +6,10 @@
     deploy.remove_ports    stop publishing an app's ports
     deploy.history / deploy.record                     versions deployed here
 
-Published ports of deployed apps live in one nat chain per app, reached from
-MOCKEROPS-DEPLOY, which PREROUTING and OUTPUT jump to for local destinations.
-A switch rewrites the app's chain with one ``iptables-restore --noflush``: the
+Published ports of deployed apps live in a nat chain and a filter chain per app,
+jumped to from net.py's MOCKEROPS-DNAT and MOCKEROPS-FORWARD (deployed containers
+are started with no ports of their own). A switch rewrites the app's nat chain
+with one ``iptables-restore --noflush``: the
 kernel swaps the whole table in one step (a single transaction under nf_tables),
 so a new connection sees either every old rule or every new one, never a gap
 that would refuse it. NAT is decided on a connection's first packet, so
@@ -21,12 +22,11 @@ import os
 import socket
 import time
 
-from remote_agent import deploylock
-from remote_agent.errors import AgentError, InvalidRequest
+from remote_agent import deploylock, net
+from remote_agent.errors import InvalidRequest
 from remote_agent.server import rpc
 from remote_agent.util import file_lock, read_json, run, write_json
 
-BASE_CHAIN = "MOCKEROPS-DEPLOY"
 HISTORY_KEEP = 10
 HEALTH_OUTPUT = 2000
 
@@ -177,41 +177,46 @@ def iptables_ok(*args):
     return run(("iptables", "-w") + args, check=False).returncode == 0
 
 
-def ensure_rule(table, chain, spec, insert=False):
-    """Add a rule unless an identical one exists."""
-    if not iptables_ok("-t", table, "-C", chain, *spec):
-        verb = ("-I", chain, "1") if insert else ("-A", chain)
-        run(("iptables", "-w", "-t", table) + verb + tuple(spec))
+def app_comment(app):
+    """Return the comment that marks the jumps to an app's chains."""
+    return ("-m", "comment", "--comment", "mockerops:app:%s" % app)
 
 
-def ensure_chain(table, chain):
-    """Create a chain unless it exists."""
-    if not iptables_ok("-t", table, "-S", chain):
-        run(("iptables", "-w", "-t", table, "-N", chain))
+def ensure_hooks(root, app, chain):
+    """Make net's shared chains jump to the app's nat and filter chains.
 
-
-def ensure_hooks(chain):
-    """Make sure new connections to local addresses reach chain via the base chain.
-
-    Locally started connections to 127.0.0.1 are DNATed in OUTPUT and leave
-    through the bridge; route_localnet lets them, and masquerading gives them a
-    source address the container can answer.
+    The app's chains hang off MOCKEROPS-DNAT and MOCKEROPS-FORWARD, so they
+    share net.py's hooks: PREROUTING and OUTPUT for local destinations, the
+    localhost masquerade and route_localnet on the bridge.
     """
-    ensure_chain("nat", BASE_CHAIN)
-    local = ("-m", "addrtype", "--dst-type", "LOCAL", "-j", BASE_CHAIN)
-    ensure_rule("nat", "PREROUTING", local, insert=True)
-    ensure_rule("nat", "OUTPUT", local, insert=True)
-    ensure_rule("nat", "POSTROUTING", (
-        "-s", "127.0.0.0/8", "!", "-o", "lo", "-m", "conntrack", "--ctstate",
-        "DNAT", "-j", "MASQUERADE"))
-    try:
-        with open("/proc/sys/net/ipv4/conf/all/route_localnet", "w") as f:
-            f.write("1\n")
-    except OSError as exc:
-        raise AgentError("cannot enable route_localnet for published ports: %s; "
-                         "the agent must run as root" % (exc.strerror or exc))
-    ensure_chain("nat", chain)
-    ensure_rule("nat", BASE_CHAIN, ("-j", chain))
+    if not iptables_ok("-t", "nat", "-n", "-L", net.DNAT_CHAIN):
+        subnet = net.read_ipam(root).get("subnet") or net.DEFAULT_SUBNET
+        net.ensure_base(subnet)
+    for table, parent in (("nat", net.DNAT_CHAIN), ("filter", net.FORWARD_CHAIN)):
+        if not iptables_ok("-t", table, "-n", "-L", chain):
+            run(("iptables", "-w", "-t", table, "-N", chain))
+        jump = ("-j", chain) + app_comment(app)
+        if not iptables_ok("-t", table, "-C", parent, *jump):
+            run(("iptables", "-w", "-t", table, "-I", parent, "1") + jump)
+
+
+def restore_input(chain, rules):
+    """Return iptables-restore input that rewrites the app's chains.
+
+    Declaring a chain flushes it, and each table's block is committed whole.
+    filter goes first: its accepts match the original destination port of any
+    DNATed connection, not the targets, so they never lag behind a switch.
+    """
+    lines = ["*filter", ":%s - [0:0]" % chain]
+    for rule in rules:
+        lines.append(
+            "-A %s -o %s -p %s -m conntrack --ctstate DNAT --ctorigdstport %d "
+            "-j ACCEPT" % (chain, net.BRIDGE, rule["proto"], rule["host_port"]))
+    lines += ["COMMIT", "*nat", ":%s - [0:0]" % chain]
+    for rule in rules:
+        lines.extend(dnat_lines(chain, rule))
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
 
 
 def ports_path(root, app):
@@ -229,34 +234,32 @@ def move_ports(ctx, app, rules):
     rules = [check_rule(r) for r in rules]
     seen = set()
     for rule in rules:
-        ident = (rule["host_ip"], rule["host_port"], rule["proto"])
+        ident = (rule["host_port"], rule["proto"])
         if ident in seen:
             raise InvalidRequest("port %s/%s is published twice"
                                  % (rule["host_port"], rule["proto"]))
         seen.add(ident)
 
-    lines = ["*nat", ":%s - [0:0]" % chain]  # declaring the chain flushes it
-    for rule in rules:
-        lines.extend(dnat_lines(chain, rule))
-    lines.append("COMMIT")
     with file_lock(os.path.join(ctx.root, "locks", "deploy-ports.lock")):
-        ensure_hooks(chain)
-        run(("iptables-restore", "-w", "--noflush"), input="\n".join(lines) + "\n")
+        ensure_hooks(ctx.root, app, chain)
+        run(("iptables-restore", "-w", "--noflush"), input=restore_input(chain, rules))
         write_json(ports_path(ctx.root, app), {"chain": chain, "rules": rules,
                                                "changed": time.time()})
-    return {"chain": chain, "rules": len(lines) - 3}
+    return {"chain": chain, "rules": sum(len(r["targets"]) for r in rules)}
 
 
 @rpc("deploy.remove_ports")
 def remove_ports(ctx, app):
-    """Stop publishing the app's ports and delete its chain."""
+    """Stop publishing the app's ports and delete its chains."""
     chain = app_chain(app)
+    jump = ("-j", chain) + app_comment(app)
     with file_lock(os.path.join(ctx.root, "locks", "deploy-ports.lock")):
-        if iptables_ok("-t", "nat", "-C", BASE_CHAIN, "-j", chain):
-            run(("iptables", "-w", "-t", "nat", "-D", BASE_CHAIN, "-j", chain))
-        if iptables_ok("-t", "nat", "-S", chain):
-            run(("iptables", "-w", "-t", "nat", "-F", chain))
-            run(("iptables", "-w", "-t", "nat", "-X", chain))
+        for table, parent in (("nat", net.DNAT_CHAIN), ("filter", net.FORWARD_CHAIN)):
+            while iptables_ok("-t", table, "-C", parent, *jump):
+                run(("iptables", "-w", "-t", table, "-D", parent) + jump)
+            if iptables_ok("-t", table, "-n", "-L", chain):
+                run(("iptables", "-w", "-t", table, "-F", chain))
+                run(("iptables", "-w", "-t", table, "-X", chain))
         path = ports_path(ctx.root, app)
         if os.path.exists(path):
             os.unlink(path)

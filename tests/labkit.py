@@ -89,7 +89,8 @@ def _live_pids() -> dict[int, tuple[int, str]]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
             # A zombie holds no namespace, mount or file; reaping it is its parent's

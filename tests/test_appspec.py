@@ -1,7 +1,5 @@
 """app.yaml validation: a valid spec, each error kind with its line, hidden secrets."""
 
-import textwrap
-
 import pytest
 
 from mockerops.appspec import Secret, load_appspec, parse_appspec
@@ -136,8 +134,11 @@ ERRORS = [
      "key 'containers[0].secrets.API_TOKEN.file': cannot read /nonexistent/token"),
     ("    replicas: 2\n", "    replicas: 2\n  - name: web\n", 11,
      "container 'web' is already declared on line 9"),
-    ("containers:\n", "containers: []\nx:\n", 8, "unknown key"),
-    ("image:\n", "image: [1]\nximage:\n", 5, "key 'image': expected a mapping"),
+    ("containers:\n", "containers:\nx:\n", 9, "key 'x': unknown key"),
+    ("image:\n  mockerfile: Mockerfile\n  build_args: {VERSION: 3}\n",
+     "image: [1]\n", 5, "key 'image': expected a mapping, got a list"),
+    ("command: python3 -m http.server 8000", "command: []", 11,
+     "key 'containers[0].command': expected a command"),
     ("name: hello\n", "name: hello\nname: again\n", 2, "key 'name': key given twice"),
     ("  - name: web\n", "  - name: web\n    ports: ['8080:1']\n", 16,
      "key 'containers[0].ports': key given twice"),
@@ -162,13 +163,16 @@ def test_unknown_key_suggests_the_close_one():
 
 def test_bad_yaml_names_line():
     with pytest.raises(AppSpecError, match=r"^a.yaml:3: not valid YAML"):
-        parse_appspec("name: a\nhosts: b\nimage: [\n", "a.yaml")
+        parse_appspec("name: a\nhosts: b\nimage: x: y\n", "a.yaml")
+
+
+def test_no_containers():
+    text = "name: a\nhosts: all\nimage: {mockerfile: M}\ncontainers: []\n"
+    with pytest.raises(AppSpecError, match=r"^a.yaml:4: key 'containers': expected"):
+        parse_appspec(text, "a.yaml")
 
 
 def test_same_host_port_in_two_containers():
-    text = VALID + textwrap.dedent("""\
-        more: 1
-    """)
     text = VALID.replace("containers:\n", "containers:\n  - name: api\n"
                          "    ports: ['8080:80']\n")
     with pytest.raises(AppSpecError, match="host port 8080/tcp is already published"):

@@ -200,7 +200,10 @@ def login_user(lab, tmp_path):
     """A non-root login user with a noisy .bashrc, removed afterwards."""
     user = f"mo{os.getpid() % 100000}"
     home = Path("/home") / user
-    subprocess.run(["useradd", "-m", "-d", str(home), "-s", "/bin/bash", user], check=True)
+    # "*" rather than useradd's "!": sshd without PAM refuses locked accounts.
+    subprocess.run(
+        ["useradd", "-m", "-d", str(home), "-s", "/bin/bash", "-p", "*", user], check=True
+    )
     sudoers = Path(f"/etc/sudoers.d/{user}")
     try:
         (home / ".ssh").mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Inventory loading: formats, ranges, variable precedence, connection fields, errors."""
+"""Inventory loading: formats, ranges, precedence, connection fields, errors."""
 
 from __future__ import annotations
 
@@ -94,6 +94,47 @@ def test_hidden_files_in_vars_dirs_are_skipped():
     assert inv.groups["db"].vars == {"engine": "base", "port_note": "over"}
 
 
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"web": "x: bare", "web.yml": "x: yml"}, "bare"),  # the first form found
+        ({"web.yml": "x: yml", "web.yaml": "x: yaml"}, "yml"),
+        ({"web.yaml": "x: yaml", "web.json": '{"x": "json"}'}, "yaml"),
+        ({"web.json": '{"x": "json"}'}, "json"),
+        ({"web/a.yml": "x: a", "web/b/c": "x: c"}, "c"),  # dirs recurse, name order
+        ({"web/a.yml": "x: a", "web/b.txt": "x: txt"}, "a"),  # other extensions skipped
+        ({"web/a.yml": "x: a", "web/b.yml~": "x: backup"}, "a"),
+        ({"web.yml": ""}, "inline"),  # an empty file sets nothing
+    ],
+)
+def test_group_vars_file_forms(tmp_path, files, expected):
+    path = write(tmp_path, "hosts.ini", "[web]\nweb1\n[web:vars]\nx=inline\n")
+    for name, text in files.items():
+        file = tmp_path / "group_vars" / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(text)
+
+    assert load_inventory(path).hosts["web1"].vars["x"] == expected
+
+
+@pytest.mark.parametrize(
+    "priorities, expected",
+    [
+        ({}, "b"),  # equal priority: the later name wins
+        ({"a": 5}, "a"),
+        ({"a": 5, "b": 5}, "b"),
+        ({"b": -1}, "a"),
+    ],
+)
+def test_group_priority_in_ini(tmp_path, priorities, expected):
+    lines = ["[a]", "h", "[b]", "h", "[a:vars]", "x=a", "[b:vars]", "x=b"]
+    for group, priority in priorities.items():
+        lines += [f"[{group}:vars]", f"ansible_group_priority={priority}"]
+    path = write(tmp_path, "hosts.ini", "\n".join(lines) + "\n")
+
+    assert load_inventory(path).hosts["h"].vars["x"] == expected
+
+
 def test_vars_file_for_unknown_group_is_reported(tmp_path, caplog):
     path = write(tmp_path, "hosts.ini", "[web]\nweb1\n")
     (tmp_path / "group_vars").mkdir()
@@ -185,7 +226,11 @@ def test_ranges_expand_in_files(tmp_path, filename, text):
 @pytest.mark.parametrize(
     "filename, text, ungrouped",
     [
-        ("hosts.yaml", "all:\n  hosts: {a: , b: }\n  children:\n    g: {hosts: {b: }}\n", ["a"]),
+        (
+            "hosts.yaml",
+            "all:\n  hosts: {a: , b: }\n  children:\n    g: {hosts: {b: }}\n",
+            ["a"],
+        ),
         ("hosts.ini", "a\nb\n[g]\nb\n", ["a"]),
         ("hosts.ini", "[g]\nb\n[h]\n", []),
     ],
@@ -202,7 +247,7 @@ def test_ungrouped_holds_hosts_without_a_group(tmp_path, filename, text, ungroup
     "text, line, shown",
     [
         ("all:\n  hosts:\n    3750:\n", 3, "'3750' is read by YAML as a number"),
-        ("all:\n  hosts:\n    web1:\n    010:\n", 4, "'010' is read by YAML as a number"),
+        ("all:\n  hosts:\n    web1:\n    010:\n", 4, "'010' is read by YAML as"),
         ("all:\n  children:\n    g:\n      hosts:\n        yes:\n", 5, "as a boolean"),
         ("all:\n  hosts:\n    1.5:\n", 3, "as a number"),
         ("all:\n  hosts:\n    ~:\n", 3, "as null"),
@@ -238,6 +283,7 @@ def test_quoted_numeric_host_names_load(tmp_path):
         ("a ansible_host=10.0.0.1\nb\n", ["a", "b"]),
         ("; fleet\n[web]\na\n", ["a"]),
         ("a:2222\n", ["a"]),
+        ('{"all": {"hosts": {"a": null}}}\n', ["a"]),  # JSON is YAML
     ],
 )
 def test_format_is_detected_without_extension(tmp_path, text, hosts):
@@ -372,25 +418,70 @@ def test_bad_connection_variables_name_host_and_line(tmp_path, line, shown):
     "filename, text, where, shown",
     [
         ("hosts.yaml", "all:\n  hosts: [a, b\n", ":3:", "not valid YAML"),
-        ("hosts.yaml", "all:\n  hosts:\n    a:\n  hosts:\n  - x\n", ":5:", "must be a mapping, not a list"),
-        ("hosts.yaml", "all:\n  children:\n    web: just-text\n", ":3:", "group 'web' must be a mapping"),
+        (
+            "hosts.yaml",
+            "all:\n  hosts:\n    a:\n  hosts:\n  - x\n",
+            ":5:",
+            "must be a mapping, not a list",
+        ),
+        (
+            "hosts.yaml",
+            "all:\n  children:\n    web: just-text\n",
+            ":3:",
+            "group 'web' must be a mapping",
+        ),
         ("hosts.yaml", "all:\n  host:\n    a:\n", ":2:", "unknown key 'host'"),
-        ("hosts.yaml", "all:\n  hosts:\n    a: 10.0.0.1\n", ":3:", "host 'a' must be a mapping"),
+        (
+            "hosts.yaml",
+            "all:\n  hosts:\n    a: 10.0.0.1\n",
+            ":3:",
+            "host 'a' must be a mapping",
+        ),
         ("hosts.yaml", "", "", "the inventory is empty"),
-        ("hosts.yaml", "- a\n- b\n", ":1:", "the top of an inventory must be a mapping"),
+        (
+            "hosts.yaml",
+            "- a\n- b\n",
+            ":1:",
+            "the top of an inventory must be a mapping",
+        ),
         ("hosts.yaml", "a: {}\n---\nb: {}\n", ":2:", "not valid YAML"),
-        ("hosts.yaml", "all:\n  hosts:\n    'bad name':\n", ":3:", "'bad name' is not a valid host name"),
-        ("hosts.yaml", "all:\n  children:\n    a:\n      children:\n        all:\n", ":5:", "group 'all' is listed as a child"),
-        ("hosts.yaml", "a:\n  children:\n    b:\n      children:\n        a:\n", ":5:", "loop: a -> b -> a"),
+        (
+            "hosts.yaml",
+            "all:\n  hosts:\n    'bad name':\n",
+            ":3:",
+            "'bad name' is not a valid host name",
+        ),
+        (
+            "hosts.yaml",
+            "all:\n  children:\n    a:\n      children:\n        all:\n",
+            ":5:",
+            "group 'all' is listed as a child",
+        ),
+        (
+            "hosts.yaml",
+            "a:\n  children:\n    b:\n      children:\n        a:\n",
+            ":5:",
+            "loop: a -> b -> a",
+        ),
         ("hosts.ini", "[web\n", ":1:", "bad section header"),
         ("hosts.ini", "[web:host]\n", ":1:", "unknown type 'host'"),
         ("hosts.ini", "[web:vars]\nx\n", ":2:", "expected key=value"),
         ("hosts.ini", "[web]\na x\n", ":2:", "expected key=value after host 'a'"),
         ("hosts.ini", "[web]\na x='oops\n", ":2:", "cannot split host line"),
-        ("hosts.ini", "[web:children]\ndb\n", ":2:", "[web:children] lists group 'db', which is not defined"),
+        (
+            "hosts.ini",
+            "[web:children]\ndb\n",
+            ":2:",
+            "[web:children] lists group 'db', which is not",
+        ),
         ("hosts.ini", "[a]\n[web:vars]\nx=1\n", ":2:", "[web:vars] names group 'web'"),
         ("hosts.ini", "[a:children]\nb c\n", ":2:", "expected one group name"),
-        ("hosts.ini", "[g]\nh ansible_group_priority=1\n[g:vars]\nansible_group_priority=hi\n", ":4:", "not a whole number"),
+        (
+            "hosts.ini",
+            "[g]\nh\n[g:vars]\nansible_group_priority=hi\n",
+            ":4:",
+            "not a whole number",
+        ),
     ],
 )
 def test_errors_name_file_and_line(tmp_path, filename, text, where, shown):

@@ -55,6 +55,13 @@ def test_missing_requirements_name_debian_packages(tmp_path):
         assert f"apt-get install {package}" in text
 
 
+def test_down_refuses_a_dir_that_is_not_a_lab(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me\n")
+    with pytest.raises(LabError, match="is not a lab dir: it holds precious.txt"):
+        lab_down("zz", lab_dir=tmp_path)
+    assert (tmp_path / "precious.txt").exists()
+
+
 def test_cli_refuses_a_bad_name_in_one_line():
     result = runner.invoke(lab_app, ["up", "--name", "bad-name"])
     assert result.exit_code == LabError("").exit_code
@@ -140,7 +147,8 @@ def test_up_twice_is_harmless(lab):
 
 @pytest.mark.lab
 def test_status_prints_a_table(lab):
-    result = runner.invoke(lab_app, ["status", "--name", lab.name, "--dir", str(lab.dir)])
+    args = ["status", "--name", lab.name, "--dir", str(lab.dir)]
+    result = runner.invoke(lab_app, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["HOST", "ADDRESS", "NETNS", "SSHD"]
@@ -154,7 +162,8 @@ def test_a_taken_subnet_is_refused_and_leaves_nothing(lab, tmp_path):
     with pytest.raises(LabError, match="overlaps"):
         lab_up(name=name, subnet=lab.subnet, lab_dir=tmp_path / "x",
                inventory_path=tmp_path / "x.yaml")
-    assert not labkit.snapshot(lab_tag(name), tmp_path / "x", files=(tmp_path / "x.yaml",))
+    leaks = labkit.snapshot(lab_tag(name), tmp_path / "x", files=(tmp_path / "x.yaml",))
+    assert not leaks, str(leaks)
 
 
 # -- labs of their own -------------------------------------------------------------
@@ -216,13 +225,14 @@ def test_down_cleans_up_after_up_failed_half_way(tmp_path):
         # What other parts leave there: a stray process, a container-like child in
         # a namespace of its own, and stacked mounts under a host's state root.
         ns = netns_name(tag, 1)
-        strays.append(subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "300"],
+        in_ns = ["ip", "netns", "exec", ns]
+        strays.append(subprocess.Popen([*in_ns, "sleep", "300"],
                                        start_new_session=True))
-        strays.append(subprocess.Popen(
-            ["ip", "netns", "exec", ns, "sh", "-c", "unshare -n sleep 301 & exec sleep 302"],
-            start_new_session=True))
+        container = "unshare -n sleep 301 & exec sleep 302"
+        strays.append(subprocess.Popen([*in_ns, "sh", "-c", container],
+                                       start_new_session=True))
         mnt = lab_dir / "hosts" / f"{name}1" / "root" / "mnt"
-        (mnt).mkdir(parents=True)
+        mnt.mkdir(parents=True)
         subprocess.run(["mount", "-t", "tmpfs", "lab-test", str(mnt)], check=True)
         (mnt / "inner").mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "lab-test", str(mnt / "inner")],
@@ -234,7 +244,8 @@ def test_down_cleans_up_after_up_failed_half_way(tmp_path):
         assert f"mount {mnt}" in removed
         for proc in strays:
             assert proc.wait(timeout=10) < 0
-        leaks = labkit.snapshot(tag, lab_dir, inodes, files=(tmp_path / "inventory.yaml",))
+        inventory = tmp_path / "inventory.yaml"
+        leaks = labkit.snapshot(tag, lab_dir, inodes, files=(inventory,))
         assert not leaks, str(leaks)
     finally:
         lab_down(name, lab_dir=lab_dir)

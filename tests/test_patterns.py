@@ -48,8 +48,11 @@ def inv():
         ("d*:!web*", ["db1"]),
         ("~web[12]", ["web1", "web2"]),
         ("~(web|db)1", ["web1", "db1"]),
-        ("~eb", ["web1", "web2"]),  # the group "web" does not match ~eb; hosts do not
+        ("~web[12]:!web2", ["web1"]),  # no subscript on a regex
+        ("~.*eb", ["web1", "web2"]),  # a regex matches from the start of a name
         ("~pro", ["web1", "db1"]),  # a regex on a group name
+        ("~(web|db1)", ["web1", "web2", "db1"]),  # group web and host db1
+        ("[wl]*", ["lone", "web1", "web2"]),  # group web and hosts lone, web*
         ("~(?:web|db)1,lone", ["lone", "web1", "db1"]),  # commas keep colons in a regex
         ("web[0]", ["web1"]),
         ("web[-1]", ["web2"]),
@@ -66,7 +69,7 @@ def test_patterns_select_hosts(inv, pattern, expected):
     "pattern, shown",
     [
         ("nosuch", "pattern 'nosuch' matches no host in "),
-        ("web:!nosuch", "pattern 'web:!nosuch': '!nosuch'"[:24]),
+        ("web:!nosuch", "pattern 'web:!nosuch': 'nosuch' names no host or group in"),
         ("web:&nosuch", "pattern 'web:&nosuch' matches no host"),
         ("web:!web", "pattern 'web:!web' matches no host"),
         ("empty", "pattern 'empty' matches no host"),
@@ -75,7 +78,8 @@ def test_patterns_select_hosts(inv, pattern, expected):
         ("", "pattern '' is empty"),
         (" , ", "pattern ' , ' is empty"),
         ("web[5]", "asks for host 5 of 2"),
-        ("web:&prod,db", "matches no host"),
+        ("web:&prod,db", "'web:&prod' names no host or group"),
+        ("~eb", "pattern '~eb' matches no host"),
     ],
 )
 def test_bad_patterns(inv, pattern, shown):
