@@ -323,7 +323,8 @@ class _Reader:
 
     def app(self, root) -> AppSpec:
         """Return the AppSpec for the top-level node."""
-        keys = self.mapping(root, "", TOP_KEYS, ("name", "hosts", "image", "containers"))
+        required = ("name", "hosts", "image", "containers")
+        keys = self.mapping(root, "", TOP_KEYS, required)
         name = self.string(
             keys["name"][1], "name", NAME_RE,
             "a lowercase name of letters, digits and '-' (at most 32)",
@@ -406,7 +407,9 @@ class _Reader:
         )
         spec = {"name": name, "line": node.start_mark.line + 1}
         if get("replicas"):
-            spec["replicas"] = self.integer(get("replicas")[1], f"{key}.replicas", 0, 64)
+            spec["replicas"] = self.integer(
+                get("replicas")[1], f"{key}.replicas", 0, 64
+            )
         if get("command"):
             spec["command"] = self.argv(get("command")[1], f"{key}.command")
         if get("env"):
@@ -448,12 +451,13 @@ class _Reader:
             name = self.scalar(knode, key, "a name")
             sub = f"{key}.{name}"
             if not ENV_RE.match(name):
-                self.fail(knode, sub, "expected an env var name of letters, digits, '_'")
+                self.fail(knode, sub, "expected an env var name (letters, digits, _)")
             src = self.mapping(vnode, sub, {"env", "file"})
             if len(src) != 1:
                 self.fail(vnode, sub, "expected exactly one of 'env' or 'file'")
             if "env" in src:
-                var = self.string(src["env"][1], f"{sub}.env", ENV_RE, "an env var name")
+                var = self.string(src["env"][1], f"{sub}.env", ENV_RE,
+                                  what="an env var name")
                 if var not in self.environ:
                     self.fail(src["env"][1], f"{sub}.env",
                               f"controller env var {var} is not set",
@@ -513,8 +517,8 @@ class _Reader:
             if not match or int(match.group(1)) == 0:
                 self.expect(mnode, f"{key}.memory", "a size such as '256m' or '1g'")
             out["memory"] = int(match.group(1)) * MEMORY_UNITS[match.group(2).lower()]
-            if out["memory"] < 4 << 20:
-                self.fail(mnode, f"{key}.memory", "expected at least 4m")
+            if out["memory"] < 6 << 20:
+                self.fail(mnode, f"{key}.memory", "expected at least 6m")
         if "cpus" in keys:
             out["cpus"] = self.number(keys["cpus"][1], f"{key}.cpus")
         if "pids" in keys:
@@ -550,7 +554,9 @@ class _Reader:
             if name in keys and spec[name] <= 0:
                 self.fail(keys[name][1], f"{key}.{name}", "expected more than 0s")
         if "retries" in keys:
-            spec["retries"] = self.integer(keys["retries"][1], f"{key}.retries", 1, 1000)
+            spec["retries"] = self.integer(
+                keys["retries"][1], f"{key}.retries", 1, 1000
+            )
         return HealthCheck(**spec)
 
     def rollout(self, node) -> RolloutSpec:

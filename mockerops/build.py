@@ -321,7 +321,8 @@ async def build_image(session, mockerfile, context_dir, *, host: str,
                       no_cache: bool = False,
                       on_event: Callable[[str, Any, bytes], None] | None = None,
                       timeout: float = BUILD_TIMEOUT,
-                      call_timeout: float = CALL_TIMEOUT) -> dict:
+                      call_timeout: float = CALL_TIMEOUT,
+                      cache: DigestCache | None = None) -> dict:
     """Build the Mockerfile on the host behind session and return the manifest."""
     text = await asyncio.to_thread(render, str(mockerfile), variables or {},
                                    build_args, host)
@@ -336,7 +337,7 @@ async def build_image(session, mockerfile, context_dir, *, host: str,
 
     plan = await asyncio.to_thread(
         plan_build, mockerfile, context_dir, host=host, variables=variables,
-        build_args=build_args, base_env=base_env)
+        build_args=build_args, base_env=base_env, cache=cache)
     missing = await upload_missing(session, plan, timeout=call_timeout)
     if on_event is not None:
         on_event("context", {"files": len(plan.files), "uploaded": len(missing)},

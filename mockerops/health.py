@@ -49,11 +49,7 @@ class HealthResult:
 def probe_params(check: HealthCheck, container: dict) -> tuple[str, dict]:
     """Return the agent method and params of one probe of check on container."""
     if check.kind == "cmd":
-        return "container.exec", {
-            "name": container["name"],
-            "command": list(check.cmd),
-            "timeout": check.timeout,
-        }
+        return "container.exec", {"name": container["name"], "argv": list(check.cmd)}
     return "deploy.health", {
         "kind": check.kind,
         "ip": container.get("ip"),
@@ -63,26 +59,31 @@ def probe_params(check: HealthCheck, container: dict) -> tuple[str, dict]:
     }
 
 
-def exec_outcome(result) -> tuple[bool, str]:
-    """Return (passed, output) from a container.exec result."""
-    if not isinstance(result, dict):
-        return False, f"unexpected exec result {result!r}"
-    code = result.get("exit_code", result.get("returncode", result.get("status")))
-    output = result.get("output")
-    if output is None:
-        output = (result.get("stdout") or "") + (result.get("stderr") or "")
-    return code == 0, f"exit {code}: {output}" if code != 0 else str(output)
-
-
 async def probe(session, check: HealthCheck, container: dict) -> tuple[bool, str]:
-    """Run one probe; return (passed, output). Agent errors count as failures."""
+    """Run one probe; return (passed, output). Agent errors count as failures.
+
+    A cmd probe's output arrives as "output" events; the call's deadline is the
+    probe's timeout, and the connection cancels the exec when it passes.
+    """
     method, params = probe_params(check, container)
+    chunks: list[bytes] = []
+
+    def collect(event, _data, blob=b""):
+        if event == "output" and blob:
+            chunks.append(blob)
+
+    if method == "container.exec":
+        timeout, on_event = check.timeout, collect
+    else:
+        timeout, on_event = check.timeout + CALL_SLACK, None
     try:
-        result = await session.call(method, params, timeout=check.timeout + CALL_SLACK)
+        result = await session.call(method, params, timeout=timeout, on_event=on_event)
     except AgentCallError as exc:
         return False, exc.message
     if method == "container.exec":
-        return exec_outcome(result)
+        output = b"".join(chunks).decode("utf-8", "replace")[-OUTPUT_LIMIT:]
+        code = (result or {}).get("exit_code")
+        return code == 0, output if code == 0 else f"exit {code}: {output}"
     return bool(result.get("healthy")), str(result.get("output", ""))
 
 

@@ -126,7 +126,7 @@ class Desired:
             "image": self.image_id,
             "name": self.name,
             "command": list(self.spec.command) or None,
-            "env": env,
+            "env": [f"{k}={v}" for k, v in env.items()],
             "ports": [],
             "volumes": list(self.spec.volumes),
             "restart": self.spec.restart,
@@ -217,7 +217,9 @@ def label(container: dict, key: str) -> str:
     return str((container.get("labels") or {}).get(key, ""))
 
 
-def plan_host(host: str, app: str, desired: list[Desired], actual: list[dict]) -> HostPlan:
+def plan_host(
+    host: str, app: str, desired: list[Desired], actual: list[dict]
+) -> HostPlan:
     """Return the steps that take a host from actual to desired.
 
     actual is the host's containers labelled with the app. A replica whose hash
@@ -291,7 +293,8 @@ def plan_diff(plan: HostPlan, previous: dict | None = None) -> list[str]:
     history for the running version; without it a replace says only that the
     spec hash changed. Secret values never appear, not even as digests.
     """
-    lines = [f"{plan.host}: {plan.app}: " + ("changes" if plan.changed else "no changes")]
+    summary = "changes" if plan.changed else "no changes"
+    lines = [f"{plan.host}: {plan.app}: {summary}"]
     for step in plan.steps:
         lines.append("  " + step.describe())
         if step.action is not Action.REPLACE:
@@ -299,7 +302,8 @@ def plan_diff(plan: HostPlan, previous: dict | None = None) -> list[str]:
         before = (previous or {}).get(step.container)
         old_hash = label(step.old, LABEL_SPEC)
         if before is None or spec_hash(before) != old_hash:
-            lines.append(f"      ~ spec: {old_hash[:8] or '?'} -> {step.new.digest[:8]}")
+            was = old_hash[:8] or "?"
+            lines.append(f"      ~ spec: {was} -> {step.new.digest[:8]}")
             continue
         after = step.new.canonical
         for key in sorted(set(before) | set(after)):
@@ -318,7 +322,9 @@ def health_to_json(check: HealthCheck | None) -> dict | None:
     }
 
 
-def history_entry(desired: list[Desired], image_id: str, owner: dict, now: float) -> dict:
+def history_entry(
+    desired: list[Desired], image_id: str, owner: dict, now: float
+) -> dict:
     """Return the record of a deployed version kept in the host's history."""
     containers = {}
     for want in desired:

@@ -44,8 +44,9 @@ def instruction_key(step):
 
 def describe(step):
     """Return a step as one line of Mockerfile text for progress and errors."""
-    return step.get("raw") or "%s %s" % (step["name"], " ".join(
+    text = step.get("raw") or "%s %s" % (step["name"], " ".join(
         str(a) for a in step.get("args") or []))
+    return " ".join(text.split())
 
 
 class Builder:

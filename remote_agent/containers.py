@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 
-from remote_agent import cgroups, net, nsexec, util
+from remote_agent import cgroups, layers, net, nsexec, util
 from remote_agent.errors import Conflict, InvalidRequest, NotFound
 
 STATUSES = ("created", "running", "exited", "restarting")
@@ -89,35 +89,7 @@ def alive(pid, start):
 
 def resolve_image(root, ref):
     """Return the manifest of image ref (name[:tag], id or unique id prefix)."""
-    try:
-        from remote_agent import layers
-    except ImportError:
-        layers = None
-    if layers is not None and hasattr(layers, "resolve_image"):
-        return layers.resolve_image(root, ref)
-    return _resolve_image_fallback(root, ref)
-
-
-def _resolve_image_fallback(root, ref):
-    """Read tags.json and images/ directly (until layers.py provides this)."""
-    tags = util.read_json(os.path.join(root, "tags.json"), {}) or {}
-    key = ref if ":" in ref.rsplit("/", 1)[-1] else ref + ":latest"
-    image_id = tags.get(key)
-    images = os.path.join(root, "images")
-    if image_id is None:
-        ids = [n[:-5] for n in (os.listdir(images) if os.path.isdir(images) else [])
-               if n.endswith(".json")]
-        ref_id = ref[7:] if ref.startswith("sha256:") else ref
-        matches = [i for i in ids if i.startswith(ref_id)] if len(ref_id) >= 4 else []
-        if len(matches) > 1:
-            raise InvalidRequest("image id prefix %r is ambiguous" % ref)
-        if not matches:
-            raise NotFound("no image %r on this host" % ref)
-        image_id = matches[0]
-    manifest = util.read_json(os.path.join(images, image_id + ".json"))
-    if manifest is None:
-        raise NotFound("image %r points at missing manifest %s" % (ref, image_id))
-    return manifest
+    return layers.resolve_image(root, ref)
 
 
 def lowerdirs(root, config):
@@ -185,7 +157,8 @@ def build_config(root, image, name=None, command=None, env=None, ports=None,
     """Validate a run request and return the container config (no side effects
     but named volume directories)."""
     if name is not None and not NAME_RE.match(str(name)):
-        raise InvalidRequest("container name %r must match %s" % (name, NAME_RE.pattern))
+        raise InvalidRequest("container name %r must match %s"
+                             % (name, NAME_RE.pattern))
     if command is not None and (not isinstance(command, list)
                                 or not all(isinstance(a, str) for a in command)):
         raise InvalidRequest("command must be a list of strings, got %r" % (command,))

@@ -16,7 +16,8 @@ MASKED_FILES = (
     "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
     "/proc/timer_stats", "/proc/sched_debug",
 )
-MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap")
+MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware",
+               "/sys/devices/virtual/powercap")
 READONLY_PATHS = (
     "/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
     "/proc/sysrq-trigger",

@@ -37,6 +37,7 @@ MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
@@ -155,6 +156,13 @@ def set_no_new_privs():
 def set_pdeathsig(signum):
     """Ask the kernel to send signum to this process when its parent dies."""
     prctl(PR_SET_PDEATHSIG, signum)
+
+
+def set_process_name(name):
+    """Set this process's comm name (what ps shows), cut to 15 bytes."""
+    buf = ctypes.create_string_buffer(_enc(name)[:15])
+    _check(_libc.prctl(ctypes.c_int(PR_SET_NAME), buf, 0, 0, 0),
+           "prctl(PR_SET_NAME, %r)" % name)
 
 
 def set_child_subreaper():

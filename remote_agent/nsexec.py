@@ -221,6 +221,7 @@ def _sandbox_init(spec):
         exec_command(spec["argv"], spec.get("env") or [], spec.get("cwd") or "/",
                      spec.get("user") or "", caps=spec.get("caps", ns.DEFAULT_CAPS),
                      no_new_privs=spec.get("no_new_privs", False))
+    ns.set_process_name("mockerops-init")
     os._exit(init_loop(pid))
 
 

@@ -5,10 +5,12 @@ The handlers are thin: each calls a plain function (here or in containers.py)
 that other agent modules, such as deploy, call in-process with a state root.
 """
 
+import json
 import os
 import select
 import subprocess
 import threading
+import time
 
 from remote_agent import cgroups, containers, nsexec, supervisor
 from remote_agent.errors import Conflict, InvalidRequest
@@ -17,6 +19,7 @@ from remote_agent.server import rpc
 RUN_PARAMS = ("image", "name", "command", "env", "ports", "volumes", "workdir", "user",
               "hostname", "restart", "memory", "cpus", "pids_limit", "labels",
               "subnet")
+EXEC_DRAIN = 2.0
 
 
 def logs(root, ref, on_output, follow=False, tail=None, cancelled=None):
@@ -89,7 +92,7 @@ def _run_exec_helper(pid, spec, on_output, read_stdin, cancelled):
         if master is not None:
             os.close(slave)
     try:
-        os.write(spec_w, containers.json_bytes(spec))
+        os.write(spec_w, json.dumps(spec).encode("utf-8"))
     finally:
         os.close(spec_w)
     if master is not None:
@@ -118,13 +121,18 @@ def _run_exec_helper(pid, spec, on_output, read_stdin, cancelled):
 
 
 def _pump_output(outputs, on_output, proc, cancelled):
-    """Forward output chunks until every output is closed (or the call cancels)."""
+    """Forward output chunks until every output is closed (or the call cancels).
+
+    A background process the command left behind may hold the output open;
+    once the command itself has exited, drain for at most EXEC_DRAIN seconds.
+    """
     open_fds = list(outputs)
+    exited_at = None
     while open_fds:
         if cancelled is not None and cancelled.is_set():
             proc.kill()
             return
-        ready, _, _ = select.select(open_fds, [], [], 0.2)
+        ready, _, _ = select.select(open_fds, [], [], 0.1)
         for fd in ready:
             try:
                 chunk = os.read(fd, 65536)
@@ -134,9 +142,10 @@ def _pump_output(outputs, on_output, proc, cancelled):
                 on_output(outputs[fd], chunk)
             else:
                 open_fds.remove(fd)
-        if not ready and proc.poll() is not None and outputs.keys() == {
-                fd for fd in outputs if fd in open_fds} and False:
-            break
+        if proc.poll() is not None:
+            exited_at = exited_at or time.monotonic()
+            if time.monotonic() - exited_at > EXEC_DRAIN:
+                return
 
 
 def _pump_stdin(fd, read_stdin, is_tty, proc):

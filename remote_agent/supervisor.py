@@ -145,7 +145,8 @@ def follow_log(directory, on_record, running, cancelled=None, poll=0.2):
                 inode = os.stat(path).st_ino
             except FileNotFoundError:
                 inode = None
-            if inode is not None and (f is None or inode != os.fstat(f.fileno()).st_ino):
+            moved = f is None or inode != os.fstat(f.fileno()).st_ino
+            if inode is not None and moved:
                 if f is not None:
                     f.close()
                 f = open(path, "rb")
@@ -382,11 +383,19 @@ def _container_init(sup, alloc, cg, go_fd, status_fd, out_w, err_w):
     except BaseException as exc:
         _report(status_fd, "setup failed: %s" % exc)
         os._exit(125)
+    # Python pipes are close-on-exec: EOF on exec_r means the command has
+    # joined its cgroup and reached execve (or died trying).
+    exec_r, exec_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(exec_r)
         _start_command(config, procs, out_w, err_w)
-    for fd in procs + [out_w, err_w]:
+    for fd in procs + [out_w, err_w, exec_w]:
         os.close(fd)
+    while os.read(exec_r, 64):
+        pass
+    os.close(exec_r)
+    ns.set_process_name("mockerops-init")
     os.write(status_fd, b"started\n")
     os.close(status_fd)
     os._exit(nsexec.init_loop(pid))

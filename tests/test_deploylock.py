@@ -176,7 +176,8 @@ def test_bad_port_rules(rule):
 def test_health_probes_a_local_server(tmp_path):
     import http.server
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    handler = http.server.BaseHTTPRequestHandler
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
     port = server.server_address[1]
     thread = threading.Thread(target=server.handle_request, daemon=True)
     thread.start()

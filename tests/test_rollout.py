@@ -324,3 +324,72 @@ def test_deploy_unhealthy_restores_the_host_exactly():
     assert sorted(session.containers) == sorted(c["name"] for c in old)
     assert session.history["versions"] == []
     assert session.methods()[-1] == "deploy.unlock"
+
+
+# -- health wait ---------------------------------------------------------------
+
+
+class ProbeSession:
+    """Answer probes from a script of outcomes, one per call, on a fake clock."""
+
+    def __init__(self, outcomes, clock):
+        self.outcomes = list(outcomes)
+        self.clock = clock
+        self.calls = []
+
+    async def call(self, method, params, blob=b"", timeout=None, on_event=None):
+        self.calls.append((method, params))
+        self.clock.now += 0.1
+        passed = self.outcomes.pop(0)
+        if method == "container.exec":
+            on_event("output", {"stream": "stdout"}, b"probe says hi")
+            return {"exit_code": 0 if passed else 1}
+        return {"healthy": passed, "output": "GET /: %s" % ("200" if passed else "503")}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    async def sleep(self, seconds):
+        self.now += seconds
+
+
+# (check yaml, probe outcomes, healthy?, probes made)
+HEALTH = [
+    ("{http: {port: 80}, retries: 3}", [True], True, 1),
+    ("{http: {port: 80}, retries: 3}", [False, False, True], True, 3),
+    ("{http: {port: 80}, retries: 3}", [False, False, False, True], False, 3),
+    ("{tcp: {port: 80}, retries: 1}", [False, True], False, 1),
+    # Failures inside the 10s start period (probes at 0, 5) do not count.
+    ("{tcp: {port: 80}, retries: 2, interval: 5, start_period: 10}",
+     [False, False, False, True], True, 4),
+    ("{tcp: {port: 80}, retries: 2, interval: 5, start_period: 10}",
+     [False, False, False, False, True], False, 4),
+    ("{cmd: [true], retries: 2}", [False, True], True, 2),
+]
+
+
+@pytest.mark.parametrize("check,outcomes,healthy,probes", HEALTH)
+def test_wait_healthy(check, outcomes, healthy, probes):
+    from mockerops.health import wait_healthy
+
+    text = APP.replace("healthcheck: {http: {port: 8000}, interval: 1, retries: 2}",
+                       f"healthcheck: {check}")
+    spec = app(text).containers[0].healthcheck
+    clock = Clock()
+    session = ProbeSession(outcomes, clock)
+    container = {"name": "shop-web-1-x", "ip": "10.88.0.9"}
+    result = run(wait_healthy(session, spec, container, clock=clock, sleep=clock.sleep))
+    assert (result.healthy, result.attempts) == (healthy, probes)
+    method, params = session.calls[0]
+    if spec.kind == "cmd":
+        assert (method, params) == ("container.exec",
+                                    {"name": "shop-web-1-x", "argv": ["true"]})
+        assert "probe says hi" in result.output
+    else:
+        assert (method, params["ip"], params["kind"]) == (
+            "deploy.health", "10.88.0.9", spec.kind)
