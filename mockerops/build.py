@@ -21,7 +21,6 @@ import os
 import stat
 import sys
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 from mockerops.errors import MockerfileError
@@ -324,20 +323,8 @@ async def build_image(session, mockerfile, context_dir, *, host: str,
                       call_timeout: float = CALL_TIMEOUT,
                       cache: DigestCache | None = None) -> dict:
     """Build the Mockerfile on the host behind session and return the manifest."""
-    text = await asyncio.to_thread(render, str(mockerfile), variables or {},
-                                   build_args, host)
-    base_env = None
-    first = resolve(parse(text, str(mockerfile)), build_args, str(mockerfile))
-    base = next(ins for ins in first if ins.name == "FROM")
-    if base_kind(base.args[0]) == "image":
-        # $VAR in ENV and friends must see the base image's environment.
-        image = await session.call("image.inspect", {"ref": base.args[0]},
-                                   timeout=call_timeout)
-        base_env = image["config"]["env"]
-
-    plan = await asyncio.to_thread(
-        plan_build, mockerfile, context_dir, host=host, variables=variables,
-        build_args=build_args, base_env=base_env, cache=cache)
+    plan = await _host_plan(session, mockerfile, context_dir, host, variables,
+                            build_args, cache, call_timeout)
     missing = await upload_missing(session, plan, timeout=call_timeout)
     if on_event is not None:
         on_event("context", {"files": len(plan.files), "uploaded": len(missing)},
@@ -348,3 +335,36 @@ async def build_image(session, mockerfile, context_dir, *, host: str,
     return await session.call("image.build", params, timeout=timeout,
                               on_event=on_event)
 
+
+async def planned_image_id(session, mockerfile, context_dir, *, host: str,
+                           variables: dict | None = None,
+                           build_args: dict | None = None,
+                           call_timeout: float = CALL_TIMEOUT,
+                           cache: DigestCache | None = None) -> str | None:
+    """Return the image id a build would give on the host, or None if it would
+    build new layers; nothing is uploaded or built."""
+    plan = await _host_plan(session, mockerfile, context_dir, host, variables,
+                            build_args, cache, call_timeout)
+    result = await session.call(
+        "image.plan", {"steps": plan.steps(), "context": plan.context,
+                       "build_args": dict(build_args or {})},
+        timeout=call_timeout)
+    return result["id"]
+
+
+async def _host_plan(session, mockerfile, context_dir, host, variables, build_args,
+                     cache, call_timeout) -> BuildPlan:
+    """Return the build plan for a host, with a FROM image's env from the host."""
+    text = await asyncio.to_thread(render, str(mockerfile), variables or {},
+                                   build_args, host)
+    first = resolve(parse(text, str(mockerfile)), build_args, str(mockerfile))
+    base = next(ins for ins in first if ins.name == "FROM")
+    base_env = None
+    if base_kind(base.args[0]) == "image":
+        # $VAR in ENV and friends must see the base image's environment.
+        image = await session.call("image.inspect", {"ref": base.args[0]},
+                                   timeout=call_timeout)
+        base_env = image["config"]["env"]
+    return await asyncio.to_thread(
+        plan_build, mockerfile, context_dir, host=host, variables=variables,
+        build_args=build_args, base_env=base_env, cache=cache)

@@ -49,7 +49,7 @@ from mockerops.rollout import (
     run_rollout,
 )
 
-AppArg = Annotated[Path, typer.Argument(help="The app.yaml to deploy.")]
+AppArg = Annotated[Path, typer.Argument(metavar="APP.YAML", help="The app.yaml to deploy.")]
 
 
 def _hosts(app: AppSpec, inventory: Path | None, limit: str | None) -> list[Host]:

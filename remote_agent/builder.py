@@ -10,7 +10,6 @@ in its ``layers`` (what a container mounts). RUN executes in sandbox.run_isolate
 over the stacked layers below it, never on the host.
 """
 
-import codecs
 import collections
 import copy
 import glob
@@ -54,7 +53,7 @@ class Builder:
 
     def __init__(self, root, steps, context, tag=None, no_cache=False,
                  build_args=None, emit=None, cancel=None, network="host",
-                 timeout=None):
+                 timeout=None, dry_run=False):
         self.root = root
         self.steps = check_steps(steps)
         self.context = check_context(context or {})
@@ -65,6 +64,8 @@ class Builder:
         self.cancel = cancel
         self.network = network
         self.timeout = timeout
+        self.dry_run = dry_run
+        self.missing = []
         self.chain = ""
         self.layers = []
         self.history = []
@@ -75,6 +76,20 @@ class Builder:
 
     def __repr__(self):
         return "<Builder %d steps tag=%s>" % (len(self.steps), self.tag)
+
+    def plan(self):
+        """Return {"id", "missing"}: the image id a build would give, building nothing.
+
+        id is None when a step's layer is missing: what it holds is not known
+        until it is built.
+        """
+        self.dry_run = True
+        with layers.store_lock(self.root):
+            for index, step in enumerate(self.steps):
+                self.step(index, step)
+        body = {"layers": self.layers, "config": self.config, "history": self.history}
+        image = None if self.missing else layers.digest_of(body)
+        return {"id": image, "missing": self.missing}
 
     def build(self):
         """Run every step and return the stored image manifest."""
@@ -122,6 +137,14 @@ class Builder:
         """Reuse layer if it exists, else build it with fill(fs_dir) and commit."""
         replace = self.no_cache if replace is None else replace
         cached = layers.layer_exists(self.root, layer) and not replace
+        if self.dry_run:
+            if layers.layer_exists(self.root, layer):
+                self.push(layer)
+            else:
+                self.missing.append(index)
+                self.chain = layer
+                self.history.append(layer)
+            return
         self.report(index, step, cached, layer)
         if not cached:
             build_dir = layers.new_build_dir(self.root)
@@ -173,8 +196,10 @@ class Builder:
         layer = layers.tarball_layer_id(digest)
         # A base layer depends on the tarball's bytes alone: never extracted twice,
         # not even with no_cache.
-        self.make_layer(index, step, layer,
-                        lambda fs: extract_tarball(self.blob(index, source, digest), fs),
+        blob = None
+        if not (self.dry_run or layers.layer_exists(self.root, layer)):
+            blob = self.blob(index, source, digest)
+        self.make_layer(index, step, layer, lambda fs: extract_tarball(blob, fs),
                         replace=False)
 
     # -- RUN ------------------------------------------------------------------
@@ -188,7 +213,7 @@ class Builder:
         return env
 
     def run(self, index, step):
-        """Run a command in a sandbox over the layers so far; its writes are the layer."""
+        """Run a command in a sandbox over the layers so far; writes make the layer."""
         args = step["args"]
         shell = (step.get("flags") or {}).get("form", "shell") == "shell"
         argv = ["/bin/sh", "-c", args[0]] if shell else list(args)
@@ -197,13 +222,10 @@ class Builder:
 
         def fill(fs):
             tail = collections.deque(maxlen=TAIL_BYTES)
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
             def on_output(chunk):
                 tail.extend(chunk)
-                text = decoder.decode(chunk)
-                if text:
-                    self.emit("output", {"step": index, "text": text})
+                self.emit("output", {"step": index}, chunk)
 
             code = sandbox.run_isolated(
                 self.lowerdirs(), fs, os.path.join(os.path.dirname(fs), "work"),
@@ -327,8 +349,9 @@ class Builder:
                         return int(fields[column])
         except (OSError, ValueError):
             pass
-        raise InvalidRequest("step %d: COPY --chown: no %r in the image's /%s; use "
-                             "a numeric id or create it first" % (index + 1, name, table))
+        raise InvalidRequest(
+            "step %d: COPY --chown: no %r in the image's /%s; use a numeric id or "
+            "create it first" % (index + 1, name, table))
 
     # -- paths in the image ---------------------------------------------------
 
@@ -454,7 +477,8 @@ def check_steps(steps):
         raise InvalidRequest("image.build needs a non-empty list of steps")
     for index, step in enumerate(steps):
         if not isinstance(step, dict) or not isinstance(step.get("name"), str):
-            raise InvalidRequest("step %d is not an instruction: %r" % (index + 1, step))
+            raise InvalidRequest("step %d is not an instruction: %r"
+                                 % (index + 1, step))
         if not isinstance(step.get("args", []), list):
             raise InvalidRequest("step %d: args must be a list" % (index + 1))
     return steps

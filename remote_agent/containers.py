@@ -139,9 +139,15 @@ def parse_volume(root, spec):
 
 
 def _env_list(base, extra):
-    """Merge two "K=V" lists, later keys winning, order kept."""
+    """Merge env given as "K=V" lists or dicts, later keys winning, order kept."""
     merged = {}
-    for item in list(base or ()) + list(extra or ()):
+    items = []
+    for source in (base, extra):
+        if isinstance(source, dict):
+            items.extend("%s=%s" % kv for kv in source.items())
+        else:
+            items.extend(source or ())
+    for item in items:
         if "=" not in item:
             raise InvalidRequest("env entry %r is not KEY=VALUE" % (item,))
         key, _, value = item.partition("=")

@@ -36,6 +36,12 @@ def image_build(ctx, steps, context=None, tag=None, no_cache=False,
     return dict(manifest, tags=_tags(ctx.root, manifest["id"]))
 
 
+@rpc("image.plan")
+def image_plan(ctx, steps, context=None, build_args=None):
+    """Return {"id", "missing"}: the image id image.build would give, or None."""
+    return Builder(ctx.root, steps, context, build_args=build_args).plan()
+
+
 @rpc("image.list")
 def image_list(ctx):
     """Return every image on this host, newest first."""

@@ -101,11 +101,13 @@ LAYER_ID_CASES = [
     ("symlink target", {"files": [["/l", "", None, "symlink", "a"]]},
      {"files": [["/l", "", None, "symlink", "b"]]}, False),
     ("RUN env", {"env": {"c": "1"}}, {"env": {"c": "2"}}, False),
-    ("env key order", {"env": {"a": "1", "b": "2"}}, {"env": {"b": "2", "a": "1"}}, True),
+    ("env key order", {"env": {"a": "1", "b": "2"}}, {"env": {"b": "2", "a": "1"}},
+     True),
 ]
 
 
-@pytest.mark.parametrize("what, a, b, same", LAYER_ID_CASES, ids=[c[0] for c in LAYER_ID_CASES])
+@pytest.mark.parametrize("what, a, b, same", LAYER_ID_CASES,
+                         ids=[case[0] for case in LAYER_ID_CASES])
 def test_layer_id(what, a, b, same):
     base = {"parent": "p", "instruction": {"name": "RUN", "args": ["x"]}}
     assert (layers.layer_id(**dict(base, **a)) == layers.layer_id(**dict(base, **b))) \

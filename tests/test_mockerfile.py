@@ -12,7 +12,8 @@ PARSE_CASES = [
      [("RUN", ["/bin/sh", "-c", "echo hi"], {"form": "exec"})]),
     ("RUN [ -f /etc/passwd ] && echo yes",
      [("RUN", ["[ -f /etc/passwd ] && echo yes"], {"form": "shell"})]),
-    ("RUN echo a \\\n    && echo b", [("RUN", ["echo a     && echo b"], {"form": "shell"})]),
+    ("RUN echo a \\\n    && echo b",
+     [("RUN", ["echo a     && echo b"], {"form": "shell"})]),
     ("RUN echo a \\\n# inside\n\n  b", [("RUN", ["echo a   b"], {"form": "shell"})]),
     ("run echo lower", [("RUN", ["echo lower"], {"form": "shell"})]),
     ("COPY a b /dest/", [("COPY", ["a", "b", "/dest/"], {})]),
@@ -21,7 +22,8 @@ PARSE_CASES = [
     ('COPY ["a b", "/d/"]', [("COPY", ["a b", "/d/"], {})]),
     ("ENV A=1 B=\"x y\"", [("ENV", [["A", "1"], ["B", '"x y"']], {})]),
     ("ENV LEGACY some value", [("ENV", [["LEGACY", "some value"]], {})]),
-    ("ARG a\nARG b=2 c", [("ARG", [["a", None]], {}), ("ARG", [["b", "2"], ["c", None]], {})]),
+    ("ARG a\nARG b=2 c",
+     [("ARG", [["a", None]], {}), ("ARG", [["b", "2"], ["c", None]], {})]),
     ("WORKDIR /app", [("WORKDIR", ["/app"], {})]),
     ("USER app:app", [("USER", ["app:app"], {})]),
     ("EXPOSE 80 53/udp", [("EXPOSE", ["80", "53/udp"], {})]),
@@ -134,7 +136,8 @@ def test_render_syntax_error_suggests_raw(tmp_path):
 
 
 def test_render_raw_block_passes_braces(tmp_path):
-    path = write(tmp_path, "FROM scratch\n{% raw %}RUN awk '{{print $1}}' f{% endraw %}\n")
+    path = write(tmp_path,
+                 "FROM scratch\n{% raw %}RUN awk '{{print $1}}' f{% endraw %}\n")
     assert "{{print $1}}" in render(path, {}, {}, "web1")
 
 
@@ -186,13 +189,16 @@ RESOLVE_CASES = [
     ("FROM scratch\nENV P=/x:$PATH\n", {}, ("ENV", [["P", "/x:" + DEFAULT_PATH]])),
     ("FROM img\nENV P=/x:$PATH\n", {}, ("ENV", [["P", "/x:/img"]])),
     # paths: relative WORKDIR and COPY dest follow WORKDIR
-    ("FROM scratch\nENV d=app\nWORKDIR /srv\nWORKDIR $d\n", {}, ("WORKDIR", ["/srv/app"])),
+    ("FROM scratch\nENV d=app\nWORKDIR /srv\nWORKDIR $d\n", {},
+     ("WORKDIR", ["/srv/app"])),
     ("FROM scratch\nWORKDIR /app\nCOPY a .\n", {}, ("COPY", ["a", "/app/"])),
     ("FROM scratch\nWORKDIR /app\nCOPY a b\n", {}, ("COPY", ["a", "/app/b"])),
-    ("FROM scratch\nARG f=x.txt\nCOPY $f \"/my dir/\"\n", {}, ("COPY", ["x.txt", "/my dir/"])),
+    ("FROM scratch\nARG f=x.txt\nCOPY $f \"/my dir/\"\n", {},
+     ("COPY", ["x.txt", "/my dir/"])),
     ('FROM scratch\nENV f=x\nCOPY ["$f", "/d/"]\n', {}, ("COPY", ["x", "/d/"])),
     ("FROM scratch\nARG u=app\nUSER $u:$u\n", {}, ("USER", ["app:app"])),
-    ("FROM scratch\nARG p=8000\nEXPOSE $p 53/UDP\n", {}, ("EXPOSE", ["8000/tcp", "53/udp"])),
+    ("FROM scratch\nARG p=8000\nEXPOSE $p 53/UDP\n", {},
+     ("EXPOSE", ["8000/tcp", "53/udp"])),
     ("FROM scratch\nARG v=2\nLABEL version=$v\n", {}, ("LABEL", [["version", "2"]])),
     # RUN and CMD are left to the shell
     ("FROM scratch\nARG c=1\nRUN echo $c\n", {}, ("RUN", ["echo $c"])),

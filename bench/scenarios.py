@@ -1,0 +1,428 @@
+"""The seven scenarios of issue 5, each returning a section for RESULTS.md.
+
+A section is a dict: title, n, rows (tool, Stat, unit), targets (text, met as
+True, False or None when it cannot be judged, detail), notes, skipped lines and
+profiles (text). A scenario whose mockerops feature does not work yet returns a
+section with only a "skipped: why" line: no number stands in for it.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+from benchlib import (BENCH, REPO, ToolFailed, measure, profile_command, run_timed,
+                      value_stat, venv_bin)
+
+BUSYBOX_TARBALL = os.path.join(REPO, "playbooks", "busybox", "rootfs", "busybox.tar.gz")
+HELLO_APP = os.path.join(REPO, "playbooks", "hello", "app.yaml")
+
+
+def section(title, n=None):
+    """Return an empty section."""
+    return {"title": title, "n": n, "rows": [], "targets": [], "notes": [],
+            "skipped": [], "profiles": []}
+
+
+def skip(sec, why):
+    """Record and print why (part of) a scenario was not measured."""
+    sec["skipped"].append(why)
+    print("  skipped: %s" % why, flush=True)
+
+
+def target(sec, text, met, detail):
+    """Record a target as met (True), missed (False) or not judged (None)."""
+    sec["targets"].append({"text": text, "met": met, "detail": detail})
+    word = {True: "met", False: "MISSED", None: "not judged"}[met]
+    print("  target %s: %s (%s)" % (word, text, detail), flush=True)
+
+
+def add_rows(sec, stats, unit="s"):
+    """Add measured tools to a section (failed ones become skipped lines)."""
+    for name, stat in stats.items():
+        if stat.ok:
+            sec["rows"].append({"tool": name, "stat": stat, "unit": unit})
+            print("  %-34s median %s" % (name, fmt(stat.median, unit)), flush=True)
+        else:
+            skip(sec, "%s failed: %s" % (name, stat.error))
+
+
+def fmt(seconds, unit="s"):
+    """Return seconds as text in the section's unit."""
+    return "%.1f ms" % (seconds * 1000) if unit == "ms" else "%.2f s" % seconds
+
+
+def ratio(stats, a, b):
+    """Return median(a) / median(b), or None when either is missing."""
+    if a in stats and b in stats and stats[a].ok and stats[b].ok:
+        return stats[a].median / stats[b].median
+    return None
+
+
+def judge(sec, text, value, limit, detail, lower_is_better=True):
+    """Record a ratio target; value None means a side could not be measured."""
+    if value is None:
+        target(sec, text, None, "a side of the comparison did not run")
+        return None
+    met = value <= limit if lower_is_better else value >= limit
+    target(sec, text, met, detail % value)
+    return met
+
+
+# -- 1. fan-out --------------------------------------------------------------------
+
+
+def fanout(b, n):
+    """One ad hoc ``true`` on n hosts: mockerops, Ansible, pyinfra and the floor."""
+    sec = section("1. Fan-out: one ad hoc `true`", n)
+    inv, pyinv = b.inventory(n), b.pyinfra_inventory(n)
+    tools = {
+        "mockerops run": lambda: run_timed(["mockerops", "run", "-i", inv, "all", "--",
+                                            "true"]),
+        "mockerops ping (agent path)": lambda: run_timed(
+            ["mockerops", "ping", "-i", inv, "all"]),
+        "floor (asyncssh)": lambda: run_timed(
+            [sys.executable, os.path.join(BENCH, "floor.py"), "-i", inv, "true"]),
+    }
+    if b.peer_ok(sec, "ansible"):
+        tools["ansible -m command"] = lambda: run_timed(
+            [venv_bin("ansible"), "-i", inv, "all", "-m", "command", "-a", "true"],
+            env=b.ansible_env(n))
+    if b.peer_ok(sec, "pyinfra"):
+        tools["pyinfra exec"] = lambda: run_timed(
+            [venv_bin("pyinfra"), "-y", "--parallel", str(n), pyinv, "exec", "--",
+             "true"])
+    stats = measure(tools, b.runs, after=b.after_tool)
+    add_rows(sec, stats)
+    b.ping_stats[n] = stats.get("mockerops ping (agent path)")
+
+    mo = "mockerops run"
+    missed = [
+        judge(sec, "faster than Ansible", ratio(stats, mo, "ansible -m command"), 1.0,
+              "mockerops/Ansible = %.2fx"),
+        judge(sec, "faster than pyinfra", ratio(stats, mo, "pyinfra exec"), 1.0,
+              "mockerops/pyinfra = %.2fx"),
+        judge(sec, "within 1.3x of the floor", ratio(stats, mo, "floor (asyncssh)"),
+              1.3, "mockerops/floor = %.2fx"),
+    ]
+    if False in missed:
+        b.profile(sec, "mockerops run -i INV all -- true",
+                  ["run", "-i", inv, "all", "--", "true"])
+    return sec
+
+
+# -- 2. ten steps ------------------------------------------------------------------
+
+
+def tenstep(b, n):
+    """Ten RUN steps built uncached against ten Ansible tasks and ten pyinfra ops."""
+    sec = section("2. Ten steps: ten `RUN true` built uncached", n)
+    inv, pyinv = b.inventory(n), b.pyinfra_inventory(n)
+    build = b.build_argv(inv, no_cache=True)
+    if not b.works(sec, "mockerops build", build):
+        return sec
+    tools = {"mockerops build --no-cache": lambda: run_timed(build)}
+    if b.peer_ok(sec, "ansible"):
+        tools["ansible-playbook (10 tasks)"] = lambda: run_timed(
+            [venv_bin("ansible-playbook"), "-i", inv,
+             os.path.join(BENCH, "ansible", "tenstep.yml")], env=b.ansible_env(n))
+    if b.peer_ok(sec, "pyinfra"):
+        tools["pyinfra deploy (10 ops)"] = lambda: run_timed(
+            [venv_bin("pyinfra"), "-y", "--parallel", str(n), pyinv,
+             os.path.join(BENCH, "pyinfra", "tenstep.py")])
+    # The probe above warmed mockerops up; the peers need no warm-up to be fair.
+    stats = measure(tools, b.heavy_runs, warmup=False, after=b.after_tool)
+    add_rows(sec, stats)
+    b.build_stats[n] = stats.get("mockerops build --no-cache")
+
+    mo = "mockerops build --no-cache"
+    missed = [
+        judge(sec, "5x faster than Ansible", ratio(stats, "ansible-playbook (10 tasks)",
+                                                   mo), 5.0,
+              "Ansible/mockerops = %.2fx", lower_is_better=False),
+        judge(sec, "3x faster than pyinfra", ratio(stats, "pyinfra deploy (10 ops)", mo),
+              3.0, "pyinfra/mockerops = %.2fx", lower_is_better=False),
+    ]
+    if False in missed:
+        b.profile(sec, "mockerops build --no-cache", build[1:])
+    return sec
+
+
+# -- 3. unchanged deploy -----------------------------------------------------------
+
+
+def unchanged_deploy(b, n):
+    """The example app deployed again unchanged, against the floor and Ansible."""
+    sec = section("3. Unchanged deploy: the hello app deployed again", n)
+    inv = b.inventory(n)
+    if not os.path.exists(HELLO_APP):
+        skip(sec, "%s does not exist yet" % os.path.relpath(HELLO_APP, REPO))
+        return sec
+    deploy = ["mockerops", "deploy", "-i", inv, HELLO_APP]
+    if not b.works(sec, "mockerops deploy", ["mockerops", "deploy", "--help"]):
+        return sec
+    if not b.works(sec, "mockerops deploy (first)", deploy):
+        return sec
+    tools = {
+        "mockerops deploy (unchanged)": lambda: run_timed(deploy),
+        "floor (asyncssh)": lambda: run_timed(
+            [sys.executable, os.path.join(BENCH, "floor.py"), "-i", inv, "true"]),
+    }
+    if b.peer_ok(sec, "ansible"):
+        playbook = os.path.join(BENCH, "ansible", "hello.yml")
+        argv = [venv_bin("ansible-playbook"), "-i", inv, playbook]
+        if b.works(sec, "ansible hello.yml (first)", argv, env=b.ansible_env(n)):
+            tools["ansible-playbook (unchanged)"] = lambda: run_timed(
+                argv, env=b.ansible_env(n))
+    stats = measure(tools, b.heavy_runs, warmup=False, after=b.after_tool)
+    add_rows(sec, stats)
+    b.deploy_stats[n] = stats.get("mockerops deploy (unchanged)")
+
+    mo = "mockerops deploy (unchanged)"
+    missed = [
+        judge(sec, "within 2x of the floor", ratio(stats, mo, "floor (asyncssh)"), 2.0,
+              "mockerops/floor = %.2fx"),
+        judge(sec, "5x faster than Ansible", ratio(stats, "ansible-playbook (unchanged)",
+                                                   mo), 5.0,
+              "Ansible/mockerops = %.2fx", lower_is_better=False),
+    ]
+    if False in missed:
+        b.profile(sec, "mockerops deploy (unchanged)", deploy[1:])
+    return sec
+
+
+# -- 4 and 5. container start ------------------------------------------------------
+
+
+def prepare_images(b):
+    """Extract the busybox rootfs and make the 3 MB and 495 MB extra layers."""
+    rootfs = os.path.join(b.work, "rootfs")
+    if not os.path.isdir(os.path.join(rootfs, "bin")):
+        os.makedirs(rootfs, exist_ok=True)
+        with tarfile.open(BUSYBOX_TARBALL) as tar:
+            tar.extractall(rootfs)
+    layers = {}
+    for name, mib in (("small", 3), ("big", 495)):
+        layer = os.path.join(b.work, "layer-%s" % name)
+        blob = os.path.join(layer, "data.bin")
+        if not os.path.exists(blob) or os.path.getsize(blob) != mib << 20:
+            os.makedirs(layer, exist_ok=True)
+            chunk = os.urandom(1 << 20)
+            with open(blob, "wb") as f:
+                for _ in range(mib):
+                    f.write(chunk)
+        layers[name] = layer
+    return rootfs, layers
+
+
+def start_times(b, tool, count, extra, podman=False):
+    """Run start_times.py once; return its list of seconds or raise ToolFailed."""
+    argv = [sys.executable, os.path.join(BENCH, "start_times.py"), tool,
+            "--count", str(count), *extra]
+    if podman:
+        argv = ["unshare", "-m", "--propagation", "private", *argv, "--hide-cgroup2"]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if result.returncode != 0:
+        raise ToolFailed(result.stderr.strip()[-400:])
+    return json.loads(result.stdout)
+
+
+def _in_process(b, tools, count):
+    """Time each start tool over b.runs runs of count starts; return name -> Stat.
+
+    Each run's figure is the median of its count starts; the spread is over runs.
+    """
+    import statistics
+
+    values = {name: [] for name in tools}
+    errors = {}
+    for i in range(b.runs):
+        for name, (tool, extra, podman) in tools.items():
+            if name in errors:
+                continue
+            try:
+                times = start_times(b, tool, count, extra, podman)
+                values[name].append(statistics.median(times))
+            except ToolFailed as exc:
+                errors[name] = str(exc)
+                print("  %s failed: %s" % (name, exc), flush=True)
+    return {name: value_stat(values[name], errors.get(name)) for name in tools}
+
+
+def container_start(b):
+    """Start /bin/true: the agent runtime in-process, unshare+chroot, podman+crun."""
+    sec = section("4. Container start on one host, no SSH: /bin/true")
+    rootfs, _ = prepare_images(b)
+    scratch = os.path.join(b.work, "start-scratch")
+    os.makedirs(scratch, exist_ok=True)
+    tools = {
+        "mockerops agent (sandbox.run_isolated)": (
+            "agent", ["--lower", rootfs, "--scratch", scratch], False),
+        "floor (unshare -mpuin -f chroot)": ("floor", ["--rootfs", rootfs], False),
+    }
+    if b.peer_ok(sec, "podman") and b.podman_image():
+        tools["podman run --rm (crun)"] = (
+            "podman", ["--image", b.podman_image(), "--podman-root", b.podman_root],
+            True)
+    stats = _in_process(b, tools, b.start_count)
+    add_rows(sec, stats, unit="ms")
+    sec["notes"].append(
+        "Each run's figure is the median of %d starts after one warm-up start; the "
+        "spread is over runs. The agent runtime is called in-process: "
+        "remote_agent.containers does not exist yet, so this is the build-step "
+        "engine sandbox.run_isolated (network none), which the container runtime "
+        "is to share." % b.start_count)
+    mo = "mockerops agent (sandbox.run_isolated)"
+    missed = [
+        judge(sec, "within 1.5x of the floor", ratio(stats, mo,
+                                                     "floor (unshare -mpuin -f chroot)"),
+              1.5, "agent/floor = %.2fx"),
+        judge(sec, "faster than podman", ratio(stats, mo, "podman run --rm (crun)"), 1.0,
+              "agent/podman = %.2fx"),
+    ]
+    if False in missed:
+        sec["profiles"].append(("agent container start (cProfile of run_isolated, "
+                                "in-process)", profile_start(b, rootfs, scratch)))
+    return sec
+
+
+def profile_start(b, rootfs, scratch):
+    """Profile twenty in-process agent starts and time a bare interpreter start."""
+    import cProfile
+    import pstats
+    import time
+
+    sys.path.insert(0, REPO)
+    from remote_agent import sandbox
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(20):
+        sandbox.run_isolated([rootfs], os.path.join(scratch, "upper"),
+                             os.path.join(scratch, "work"), ["/bin/true"],
+                             ["PATH=/bin"], network="none")
+    prof.disable()
+    path = os.path.join(b.work, "profile-start.out")
+    prof.dump_stats(path)
+    stats = pstats.Stats(path)
+    rows = sorted(((tt, ct, nc, "%s(%s)" % (os.path.basename(f), fn))
+                   for (f, _, fn), (_, nc, tt, ct, _) in stats.stats.items()),
+                  reverse=True)[:8]
+    lines = ["top functions of 20 starts by own time (own s, cumulative s, calls):"]
+    lines += ["  %6.3f %6.3f %5d  %s" % row for row in rows]
+
+    bare = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - t0)
+    helper = []
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for _ in range(10):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import remote_agent.nsexec, "
+                        "remote_agent.mounts"], check=True, env=env)
+        helper.append(time.perf_counter() - t0)
+    lines.append("a bare `python3 -c pass` takes %.1f ms; importing the nsexec "
+                 "helper's modules in a new interpreter %.1f ms (medians of 10)" % (
+                     sorted(bare)[5] * 1000, sorted(helper)[5] * 1000))
+    return "\n".join(lines)
+
+
+def image_size(b):
+    """Start time with a 5 MB image and with a 500 MB image (an extra file layer)."""
+    sec = section("5. Image size: start time, 5 MB image vs 500 MB image")
+    rootfs, layers = prepare_images(b)
+    scratch = os.path.join(b.work, "size-scratch")
+    tools = {}
+    for name, label in (("small", "5 MB image"), ("big", "500 MB image")):
+        work = os.path.join(scratch, name)
+        os.makedirs(work, exist_ok=True)
+        tools["mockerops agent, %s" % label] = (
+            "agent", ["--lower", layers[name], "--lower", rootfs, "--scratch", work],
+            False)
+    stats = _in_process(b, tools, b.start_count)
+    add_rows(sec, stats, unit="ms")
+    sec["notes"].append(
+        "Both images are the busybox rootfs (2 MB) under one more layer holding a "
+        "3 MB or a 495 MB file of random bytes.")
+    judge(sec, "size does not matter: ratio 500 MB / 5 MB at most 1.2",
+          ratio(stats, "mockerops agent, 500 MB image", "mockerops agent, 5 MB image"),
+          1.2, "500 MB / 5 MB = %.2fx")
+    return sec
+
+
+# -- 6. build cache ----------------------------------------------------------------
+
+
+def build_cache(b, n):
+    """A fully cached rebuild of the ten-step Mockerfile; hashing against sha256sum."""
+    sec = section("6. Build cache: cached rebuild and COPY hashing", n)
+    inv = b.inventory(n)
+    cached = b.build_argv(inv, no_cache=False)
+    if n not in b.build_stats or not b.build_stats[n] or not b.build_stats[n].ok:
+        skip(sec, "cached rebuild: the uncached build of scenario 2 did not run")
+    elif b.works(sec, "mockerops build (cached)", cached):
+        stats = measure({"mockerops build (cached)": lambda: run_timed(cached)},
+                        b.runs, warmup=False)
+        add_rows(sec, stats)
+        ping = b.ping_stats.get(n)
+        if stats["mockerops build (cached)"].ok and ping and ping.ok:
+            per_host = (stats["mockerops build (cached)"].median - ping.median) / n
+            sec["notes"].append(
+                "Time per host beyond the connection = (cached build - mockerops "
+                "ping, which connects and starts the agent) / N = %.0f ms." %
+                (per_host * 1000))
+            met = per_host < 0.1
+            target(sec, "cached rebuild under 100 ms per host beyond the connection",
+                   met, "%.0f ms per host" % (per_host * 1000))
+            if not met:
+                b.profile(sec, "mockerops build (cached)", cached[1:])
+    hashing(b, sec)
+    return sec
+
+
+def hashing(b, sec):
+    """Hash 200 MB of files with mockerops/build.py's hashing, against sha256sum."""
+    if not os.path.exists(os.path.join(REPO, "mockerops", "build.py")):
+        skip(sec, "hashing: mockerops/build.py does not exist yet")
+        return
+    skip(sec, "hashing: mockerops/build.py exists but the bench does not know its "
+         "hashing function yet")
+
+
+# -- 7. controller memory ----------------------------------------------------------
+
+
+def controller_memory(b):
+    """Peak resident memory of the controller deploying to the most hosts, per host."""
+    n = max(b.hosts)
+    sec = section("7. Controller memory: peak RSS while deploying, per host", n)
+    stat = b.deploy_stats.get(n)
+    ping = b.ping_stats.get(n)
+    if ping and ping.ok:
+        sec["notes"].append(
+            "For scale: `mockerops ping` to %d hosts peaks at %.1f MB (%.2f MB per "
+            "host); it is not the deploy the target is about." % (
+                n, ping.maxrss_kb / 1024, ping.maxrss_kb / 1024 / n))
+    if not stat or not stat.ok:
+        skip(sec, "no unchanged deploy to %d hosts was measured (see scenario 3)" % n)
+        return sec
+    mb = stat.maxrss_kb / 1024
+    sec["notes"].append("mockerops deploy to %d hosts peaked at %.1f MB." % (n, mb))
+    met = mb / n < 2.0
+    target(sec, "under 2 MB per host at N=%d" % n, met, "%.2f MB per host" % (mb / n))
+    if not met:
+        b.profile(sec, "mockerops deploy (memory)",
+                  ["deploy", "-i", b.inventory(n), HELLO_APP])
+    return sec
+
+
+def cleanup_scratch(work):
+    """Remove the start benchmarks' scratch dirs (they may hold leftover files)."""
+    for path in glob.glob(os.path.join(work, "*-scratch")):
+        shutil.rmtree(path, ignore_errors=True)
