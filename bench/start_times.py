@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Time container starts on this machine, no SSH: print a JSON list of seconds.
 
+    start_times.py container --count K --lower DIR [--lower DIR...] --scratch DIR
     start_times.py agent  --count K --lower DIR [--lower DIR...] --scratch DIR
     start_times.py floor  --count K --rootfs DIR
     start_times.py podman --count K --image NAME --podman-root DIR [--hide-cgroup2]
 
-agent calls the agent's own runtime in-process (remote_agent.sandbox's
-run_isolated: mount, PID, UTS, IPC and network namespaces over an overlay of the
+container calls the agent's container runtime in-process
+(remote_agent.containers.run of an image whose layers are the --lower dirs, wait
+until it has exited, then rm: record, network, supervisor, reaping PID 1); agent
+calls the build-step engine in-process (remote_agent.sandbox's run_isolated: mount, PID, UTS, IPC and network namespaces over an overlay of the
 layers, /bin/true under a reaping PID 1); floor is util-linux unshare of the
 same namespaces with chroot into the same root filesystem; podman runs
 ``podman run --rm`` with crun on an image imported from the same tarball.
@@ -43,6 +46,36 @@ def agent_starter(args):
     return start
 
 
+def container_starter(args):
+    """Return a function that runs /bin/true in a container, waits, removes it."""
+    from remote_agent import containers, layers
+
+    root = os.path.join(args.scratch, "root")
+    ids = []
+    for lower in reversed(args.lower):  # a manifest lists layers bottom first
+        layer = layers.digest_of({"bench-layer": os.path.abspath(lower)})
+        fs = layers.layer_fs(root, layer)
+        if not os.path.lexists(fs):
+            os.makedirs(os.path.dirname(fs), exist_ok=True)
+            os.symlink(os.path.abspath(lower), fs)
+        ids.append(layer)
+    config = {"env": ["PATH=/bin:/usr/bin"], "workdir": "/", "user": "",
+              "cmd": ["/bin/true"], "entrypoint": [], "exposed": [],
+              "healthcheck": None, "labels": {}}
+    manifest = layers.save_image(root, ids, config, [])
+
+    def start():
+        info = containers.run(root, image=manifest["id"], command=["/bin/true"])
+        cid = info["id"]
+        while containers.refresh(root, cid).get("status") != "exited":
+            time.sleep(0.001)
+        code = containers.read_state(root, cid).get("exit_code")
+        containers.rm(root, cid)
+        if code not in (0, None):
+            raise SystemExit("agent container: /bin/true exited %s" % code)
+    return start
+
+
 def command_starter(argv):
     """Return a function that runs argv once, failing loudly on a bad exit."""
     def start():
@@ -65,7 +98,7 @@ def podman_argv(args, *verb):
 def main():
     """Parse arguments, start the tool count times, print the seconds as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tool", choices=["agent", "floor", "podman"])
+    parser.add_argument("tool", choices=["container", "agent", "floor", "podman"])
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--lower", action="append", default=[])
     parser.add_argument("--scratch")
@@ -77,7 +110,9 @@ def main():
 
     if args.hide_cgroup2 and os.path.ismount("/sys/fs/cgroup/unified"):
         subprocess.run(["umount", "/sys/fs/cgroup/unified"], check=True)
-    if args.tool == "agent":
+    if args.tool == "container":
+        start = container_starter(args)
+    elif args.tool == "agent":
         start = agent_starter(args)
     elif args.tool == "floor":
         start = command_starter(["unshare", "-m", "-p", "-u", "-i", "-n", "-f",

@@ -341,8 +341,7 @@ async def planned_image_id(session, mockerfile, context_dir, *, host: str,
                            build_args: dict | None = None,
                            call_timeout: float = CALL_TIMEOUT,
                            cache: DigestCache | None = None) -> str | None:
-    """Return the image id a build would give on the host, or None if it would
-    build new layers; nothing is uploaded or built."""
+    """Return the image id a build would give on the host; None if it needs layers."""
     plan = await _host_plan(session, mockerfile, context_dir, host, variables,
                             build_args, cache, call_timeout)
     result = await session.call(

@@ -187,9 +187,9 @@ def rpc_list(ctx, all=False, labels=None):
 
 
 @rpc("container.inspect")
-def rpc_inspect(ctx, name_or_id):
+def rpc_inspect(ctx, name):
     """Return one container's dict with state and usage."""
-    return containers.inspect(ctx.root, name_or_id)
+    return containers.inspect(ctx.root, name)
 
 
 @rpc("container.stop")

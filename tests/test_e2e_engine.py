@@ -215,8 +215,11 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
     mockerops("container", "run", "-i", inv, name, app_image, "--name", "web",
               "-p", "8080:8000", check=True)
     try:
-        body = wait_http(f"http://{address}:8080/")
-        assert body.strip() == "web", "the app sees its own hostname"
+        body = wait_http(f"http://{address}:8080/").strip()
+        record = json.loads(mockerops("inspect", "-i", inv, name, "web",
+                                      check=True).stdout)[name]
+        assert body == record["id"][:12], "the app sees its own hostname, as Docker's"
+        assert body != os.uname().nodename
 
         ps = mockerops("exec", "-i", inv, name, "web", "--", "ps", "-o", "pid,comm")
         assert ps.returncode == 0, ps.stderr
