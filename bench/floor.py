@@ -23,17 +23,13 @@ def load_hosts(path):
         data = yaml.safe_load(f)
     top = data["all"]
     shared = top.get("vars", {})
-    hosts = []
+    merged = {}
     for group in top.get("children", {}).values():
         for name, hvars in (group.get("hosts") or {}).items():
-            merged = {**shared, **(hvars or {})}
-            hosts.append((
-                merged.get("ansible_host", name),
-                merged.get("ansible_user", "root"),
-                merged["ansible_ssh_private_key_file"],
-                merged["mockerops_known_hosts"],
-            ))
-    return hosts
+            merged.setdefault(name, dict(shared)).update(hvars or {})
+    return [(v.get("ansible_host", name), v.get("ansible_user", "root"),
+             v["ansible_ssh_private_key_file"], v["mockerops_known_hosts"])
+            for name, v in merged.items()]
 
 
 async def one_host(address, user, key, known_hosts, command, steps):

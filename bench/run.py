@@ -46,9 +46,11 @@ class Bench:
         self.heavy_runs = args.heavy_runs
         self.start_count = 3 if args.smoke else 10
         self.ping_stats, self.build_stats, self.deploy_stats = {}, {}, {}
+        self.floor_stats = {}
         self.podman_root = os.path.join(WORK, "podman")
         self._inventories, self._pyinventories = {}, {}
         self._podman_image = None
+        self.hash_result = None
         self.context = os.path.join(WORK, "tenstep-context")
         os.makedirs(self.context, exist_ok=True)
         shutil.copy(scenarios.BUSYBOX_TARBALL, self.context)

@@ -98,6 +98,7 @@ def fanout(b, n):
     stats = measure(tools, b.runs, after=b.after_tool)
     add_rows(sec, stats)
     b.ping_stats[n] = stats.get("mockerops ping (agent path)")
+    b.floor_stats[n] = stats.get("floor (asyncssh)")
 
     mo = "mockerops run"
     missed = [
@@ -316,6 +317,12 @@ def profile_start(b, rootfs, scratch):
     lines = ["top functions of 21 container starts by own time (own s, cumulative s, "
              "calls):"]
     lines += ["  %6.3f %6.3f %5d  %s" % row for row in rows]
+    for (f, _, fn), (_, _, _, _, callers) in stats.stats.items():
+        if fn in ("<built-in method time.sleep>", "<built-in method posix.waitpid>"):
+            for (cf, cl, cfn), (_, _, ctt, _) in sorted(
+                    callers.items(), key=lambda kv: -kv[1][2])[:3]:
+                lines.append("  %s called from %s:%d(%s): %.3f s" % (
+                    fn[16:-1], os.path.relpath(cf, REPO), cl, cfn, ctt))
 
     bare = []
     for _ in range(10):
@@ -373,13 +380,16 @@ def build_cache(b, n):
         stats = measure({"mockerops build (cached)": lambda: run_timed(cached)},
                         b.runs, warmup=False)
         add_rows(sec, stats)
-        ping = b.ping_stats.get(n)
-        if stats["mockerops build (cached)"].ok and ping and ping.ok:
-            per_host = (stats["mockerops build (cached)"].median - ping.median) / n
+        ping, floor = b.ping_stats.get(n), b.floor_stats.get(n)
+        if stats["mockerops build (cached)"].ok and floor and floor.ok:
+            cached_s = stats["mockerops build (cached)"].median
+            per_host = (cached_s - floor.median) / n
             sec["notes"].append(
-                "Time per host beyond the connection = (cached build - mockerops "
-                "ping, which connects and starts the agent) / N = %.0f ms." %
-                (per_host * 1000))
+                "Time per host beyond the connection = (cached build - the floor's "
+                "connect and one command) / N = %.0f ms%s." % (
+                    per_host * 1000, "" if not (ping and ping.ok) else
+                    "; beyond `mockerops ping` (connect and start the agent) it is "
+                    "%.0f ms" % ((cached_s - ping.median) / n * 1000)))
             met = per_host < 0.1
             target(sec, "cached rebuild under 100 ms per host beyond the connection",
                    met, "%.0f ms per host" % (per_host * 1000))
@@ -394,8 +404,39 @@ def hashing(b, sec):
     if not os.path.exists(os.path.join(REPO, "mockerops", "build.py")):
         skip(sec, "hashing: mockerops/build.py does not exist yet")
         return
-    skip(sec, "hashing: mockerops/build.py exists but the bench does not know its "
-         "hashing function yet")
+    if b.hash_result is None:
+        result = subprocess.run(
+            [sys.executable, os.path.join(BENCH, "hash_bench.py"), "--dir",
+             os.path.join(b.work, "hash"), "--runs", str(b.runs)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            skip(sec, "hashing failed: %s" % result.stderr.strip()[-400:])
+            return
+        b.hash_result = json.loads(result.stdout)
+    h = b.hash_result
+    mb = h["bytes"] / 2**20
+    stats = {
+        "mockerops build.plan_build (cold digest cache)": value_stat(h["mockerops"]),
+        "sha256sum": value_stat(h["sha256sum"]),
+        "mockerops build.plan_build (digest cache, unchanged)": value_stat(h["cached"]),
+    }
+    add_rows(sec, stats)
+    speed = {k: mb / v.median for k, v in stats.items()}
+    sec["notes"].append(
+        "Hashing %d files, %.0f MiB, warm page cache: mockerops %.0f MiB/s, "
+        "sha256sum %.0f MiB/s. Files opened: %s on a cold cache, %s with the cache "
+        "(stat unchanged), %d after one file was rewritten (%.1f ms)." % (
+            h["files"], mb, speed["mockerops build.plan_build (cold digest cache)"],
+            speed["sha256sum"], max(h["cold_opens"]), max(h["cached_opens"]),
+            h["changed_opens"], h["changed_seconds"] * 1000))
+    share = (speed["mockerops build.plan_build (cold digest cache)"]
+             / speed["sha256sum"])
+    target(sec, "hashing at 80% or more of sha256sum's throughput", share >= 0.8,
+           "%.0f%% of sha256sum" % (share * 100))
+    target(sec, "files with an unchanged stat are not re-read; a changed one is",
+           max(h["cached_opens"]) == 0 and h["changed_opens"] == 1,
+           "%d of %d files re-read unchanged, %d after one changed" % (
+               max(h["cached_opens"]), h["files"], h["changed_opens"]))
 
 
 # -- 7. controller memory ----------------------------------------------------------
@@ -417,6 +458,10 @@ def controller_memory(b):
         return sec
     mb = stat.maxrss_kb / 1024
     sec["notes"].append("mockerops deploy to %d hosts peaked at %.1f MB." % (n, mb))
+    if n < 30:
+        target(sec, "under 2 MB per host at N=30", None,
+               "only N=%d was run: %.2f MB per host" % (n, mb / n))
+        return sec
     met = mb / n < 2.0
     target(sec, "under 2 MB per host at N=%d" % n, met, "%.2f MB per host" % (mb / n))
     if not met:

@@ -305,10 +305,45 @@ def unlock(
     run_fleet(hosts, work, opts, json_output, f"Unlock {app.name}")
 
 
+def remove(
+    app_path: AppArg,
+    inventory: InventoryOpt = None,
+    limit: LimitOpt = None,
+    forks: ForksOpt = 50,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    timeout: TimeoutOpt = 300.0,
+    accept_new_host_keys: AcceptKeysOpt = False,
+    become: BecomeOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Stop and remove every container of the app and its published ports."""
+    from mockerops.cli_common import run_fleet
+    from mockerops.rollout import DeployOptions, DeployLease, list_app, remove_container
+
+    app = load_appspec(str(app_path))
+    hosts = _hosts(app, inventory, limit)
+    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
+
+    async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
+        session = await ctx.agent()
+        async with DeployLease(session, app.name, DeployOptions()):
+            containers = await list_app(session, app.name)
+            await session.call("deploy.remove_ports", {"app": app.name})
+            for container in containers:
+                await remove_container(session, container)
+        if not containers:
+            return HostResult(ctx.host.name, Status.OK, f"{app.name} not present")
+        return HostResult(ctx.host.name, Status.CHANGED,
+                          f"Removed: {len(containers)} container(s) of {app.name}")
+
+    run_fleet(hosts, work, opts, json_output, f"Remove {app.name}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the deploy verbs to the main app."""
     app.command("deploy")(deploy)
     app.command("rollback")(rollback)
     app.command("status")(status)
     app.command("unlock")(unlock)
+    app.command("remove")(remove)
 

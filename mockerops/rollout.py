@@ -313,7 +313,7 @@ def port_rules(app: AppSpec, desired: list[Desired], running: dict) -> list[dict
     return rules
 
 
-class _Lease:
+class DeployLease:
     """Hold the host's deploy lock and renew it in the background."""
 
     def __init__(self, session, app: str, opts: DeployOptions) -> None:
@@ -324,7 +324,7 @@ class _Lease:
         self.lost = ""
         self._task = None
 
-    async def __aenter__(self) -> "_Lease":
+    async def __aenter__(self) -> "DeployLease":
         record = await self.session.call(
             "deploy.lock",
             {"app": self.app, "owner": self.opts.owner, "ttl": self.opts.lock_ttl},
@@ -447,7 +447,7 @@ async def deploy_host(
     """
     run = _HostDeploy(session, app, host, opts)
     run.say(Phase.LOCK, "taking deploy lock")
-    async with _Lease(session, app.name, opts) as lease:
+    async with DeployLease(session, app.name, opts) as lease:
         if not image_id:
             if opts.build is None:
                 raise DeployError("deploy_host needs an image id or a build function")

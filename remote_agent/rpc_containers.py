@@ -13,7 +13,7 @@ import threading
 import time
 
 from remote_agent import cgroups, containers, nsexec, supervisor
-from remote_agent.errors import Conflict, InvalidRequest
+from remote_agent.errors import Conflict, InvalidRequest, NotFound
 from remote_agent.server import rpc
 
 RUN_PARAMS = ("image", "name", "command", "env", "ports", "volumes", "workdir", "user",
@@ -41,6 +41,27 @@ def logs(root, ref, on_output, follow=False, tail=None, cancelled=None):
     supervisor.follow_log(directory, on_output, running, cancelled)
 
 
+def resolve_exec_target(root, ref):
+    """Return the container ref names: a name or id, else an app container's.
+
+    A deploy names containers <app>-<container>-<replica>-<hash>; users type the
+    container's name from app.yaml (``exec web1 api ...``), so when nothing has
+    that exact name, the first running replica labelled with it is taken.
+    """
+    try:
+        return containers.resolve(root, ref)
+    except NotFound:
+        replicas = [
+            c for c in containers.list_containers(
+                root, all=False, labels={"mockerops.container": ref})
+            if c.get("status") == "running"
+        ]
+        if not replicas:
+            raise
+        replicas.sort(key=lambda c: c.get("name", ""))
+        return replicas[0]["id"]
+
+
 def exec_in_container(root, ref, argv, on_output, env=None, tty=False,
                       read_stdin=None, workdir=None, user=None, cancelled=None):
     """Run argv in a running container; return its exit code.
@@ -53,7 +74,7 @@ def exec_in_container(root, ref, argv, on_output, env=None, tty=False,
             isinstance(a, str) for a in argv):
         raise InvalidRequest("exec needs argv as a non-empty list of strings, got %r"
                              % (argv,))
-    container_id = containers.resolve(root, ref)
+    container_id = resolve_exec_target(root, ref)
     config = containers.read_config(root, container_id)
     state = containers.refresh(root, container_id)
     pid = state.get("pid")
