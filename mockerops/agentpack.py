@@ -9,11 +9,7 @@ from pathlib import Path
 import remote_agent
 
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)
-BOOT = (
-    "import sys\n"
-    "from remote_agent.__main__ import main\n"
-    "sys.exit(main())\n"
-)
+BOOT = "import sys\nfrom remote_agent.__main__ import main\nsys.exit(main())\n"
 
 
 @functools.lru_cache(maxsize=1)

@@ -84,7 +84,9 @@ def ping(
 ) -> None:
     """Connect, start the agent and report its version and Python's."""
     hosts = select(inventory, pattern, limit)
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         agent = await ctx.agent()
@@ -114,7 +116,9 @@ def run(
 ) -> None:
     """Run an ad hoc shell command on hosts; show output and exit status per host."""
     hosts = select(inventory, pattern, limit)
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
     script = command[0] if len(command) == 1 else shlex.join(command)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
@@ -165,7 +169,9 @@ def facts(
 ) -> None:
     """Show what the engine needs from each host: kernel, cgroups, overlayfs..."""
     hosts = select(inventory, pattern, limit)
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         agent = await ctx.agent()
@@ -188,9 +194,12 @@ def facts(
 @app.command("inventory")
 def inventory_cmd(
     inventory: InventoryOpt = None,
-    list_: Annotated[bool, typer.Option("--list", help="All groups and host vars.")] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="All groups and host vars.")
+    ] = False,
     pattern: Annotated[
-        Optional[str], typer.Option("--hosts", help="Only list hosts this pattern selects.")
+        Optional[str],
+        typer.Option("--hosts", help="Only list hosts this pattern selects."),
     ] = None,
     limit: LimitOpt = None,
     address: Annotated[

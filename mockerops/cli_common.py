@@ -99,7 +99,9 @@ def run_fleet(
     """Run work on hosts with a live view and a recap; exit with the summed status."""
     with make_reporter(json_output) as reporter:
         reporter.phase(f"{title} on {len(hosts)} host(s)")
-        results = asyncio.run(run_on_hosts(hosts, lambda c: work(c, reporter), opts, reporter))
+        results = asyncio.run(
+            run_on_hosts(hosts, lambda c: work(c, reporter), opts, reporter)
+        )
         reporter.stop()
         reporter.recap(results)
     raise typer.Exit(exit_code(results))

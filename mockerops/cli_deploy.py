@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -49,7 +49,9 @@ from mockerops.rollout import (
     run_rollout,
 )
 
-AppArg = Annotated[Path, typer.Argument(metavar="APP.YAML", help="The app.yaml to deploy.")]
+AppArg = Annotated[
+    Path, typer.Argument(metavar="APP.YAML", help="The app.yaml to deploy.")
+]
 
 
 def _hosts(app: AppSpec, inventory: Path | None, limit: str | None) -> list[Host]:
@@ -92,19 +94,37 @@ def _build_progress(reporter: Reporter, host: str):
     return on_event
 
 
-async def _deploy(app: AppSpec, hosts: list[Host], opts: ConnectOptions,
-                  reporter: Reporter, *, no_cache: bool, check: bool,
-                  rollback: bool, verbose: bool) -> list[HostResult]:
+async def _deploy(
+    app: AppSpec,
+    hosts: list[Host],
+    opts: ConnectOptions,
+    reporter: Reporter,
+    *,
+    no_cache: bool,
+    check: bool,
+    rollback: bool,
+    verbose: bool,
+) -> list[HostResult]:
     """Connect, roll the app out in batches, and return every host's result."""
     contexts, failures = await _connect(hosts, opts, reporter)
     try:
+
         async def one(host: Host) -> HostResult:
             if host.name in failures:
                 return failures[host.name]
             ctx = contexts[host.name]
-            result = await guarded(ctx, lambda c: _one_host(
-                c, app, reporter, no_cache=no_cache, check=check,
-                rollback=rollback, verbose=verbose))
+            result = await guarded(
+                ctx,
+                lambda c: _one_host(
+                    c,
+                    app,
+                    reporter,
+                    no_cache=no_cache,
+                    check=check,
+                    rollback=rollback,
+                    verbose=verbose,
+                ),
+            )
             reporter.host_result(result)
             return result
 
@@ -114,15 +134,20 @@ async def _deploy(app: AppSpec, hosts: list[Host], opts: ConnectOptions,
         verb = "Check" if check else ("Roll back" if rollback else "Roll out")
         reporter.phase(f"{verb} {app.name} on {len(hosts)} host(s)")
         report = await run_rollout(
-            hosts, app.rollout, run_batch,
+            hosts,
+            app.rollout,
+            run_batch,
             on_batch=lambda n, total, batch: reporter.message(
-                f"batch {n}/{total}: {', '.join(h.name for h in batch)}"),
+                f"batch {n}/{total}: {', '.join(h.name for h in batch)}"
+            ),
         )
         results = report.results
         if report.skipped:
             reporter.message(f"rollout stopped: {report.reason}")
         for host in report.skipped:
-            skipped = HostResult(host.name, Status.SKIPPED, "not reached: rollout stopped")
+            skipped = HostResult(
+                host.name, Status.SKIPPED, "not reached: rollout stopped"
+            )
             reporter.host_result(skipped)
             results.append(skipped)
         return results
@@ -130,14 +155,26 @@ async def _deploy(app: AppSpec, hosts: list[Host], opts: ConnectOptions,
         await close_hosts(contexts)
 
 
-async def _one_host(ctx: HostContext, app: AppSpec, reporter: Reporter, *,
-                    no_cache: bool, check: bool, rollback: bool,
-                    verbose: bool) -> HostResult:
+async def _one_host(
+    ctx: HostContext,
+    app: AppSpec,
+    reporter: Reporter,
+    *,
+    no_cache: bool,
+    check: bool,
+    rollback: bool,
+    verbose: bool,
+) -> HostResult:
     """Deploy, check or roll back the app on one connected host."""
     session = await ctx.agent()
     name = ctx.host.name
-    build = image_builder(app, name, ctx.host.vars, no_cache=no_cache,
-                          on_event=_build_progress(reporter, name))
+    build = image_builder(
+        app,
+        name,
+        ctx.host.vars,
+        no_cache=no_cache,
+        on_event=_build_progress(reporter, name),
+    )
     if check:
         image_id = await _planned_image(session, app, ctx.host)
         outcome = await check_host(session, app, name, image_id)
@@ -149,10 +186,16 @@ async def _one_host(ctx: HostContext, app: AppSpec, reporter: Reporter, *,
         history = await read_history(session, app.name)
         versions = history.get("versions") or []
         if len(versions) < 2:
-            raise DeployError(f"{name}: no previous version of {app.name} to roll back to")
+            raise DeployError(
+                f"{name}: no previous version of {app.name} to roll back to"
+            )
         entry = versions[-2]
         outcome = await deploy_host(
-            session, app, name, opts, image_id=entry["image_id"],
+            session,
+            app,
+            name,
+            opts,
+            image_id=entry["image_id"],
             containers=specs_from_history(app, entry),
         )
     else:
@@ -165,13 +208,18 @@ async def _planned_image(session, app: AppSpec, host: Host) -> str:
     from mockerops.build import planned_image_id
 
     return await planned_image_id(
-        session, app.image.mockerfile, app.image.context, host=host.name,
-        variables={**host.vars, **app.vars}, build_args=app.image.build_args,
+        session,
+        app.image.mockerfile,
+        app.image.context,
+        host=host.name,
+        variables={**host.vars, **app.vars},
+        build_args=app.image.build_args,
     )
 
 
-def _run(app_path: Path, inventory, limit, opts: ConnectOptions, json_output: bool,
-         **kwargs) -> None:
+def _run(
+    app_path: Path, inventory, limit, opts: ConnectOptions, json_output: bool, **kwargs
+) -> None:
     """Load the app, deploy it, print the recap and exit with the summed status."""
     app = load_appspec(str(app_path))
     hosts = _hosts(app, inventory, limit)
@@ -187,7 +235,9 @@ def deploy(
     check: Annotated[
         bool, typer.Option("--check", help="Show the plan and diff; change nothing.")
     ] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every layer.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Rebuild every layer.")
+    ] = False,
     verbose_steps: Annotated[
         bool, typer.Option("--steps", help="Print every deploy step per host.")
     ] = False,
@@ -201,9 +251,20 @@ def deploy(
     json_output: JsonOpt = False,
 ) -> None:
     """Roll an app out to its hosts: build, start, health-check, switch, retire."""
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
-    _run(app_path, inventory, limit, opts, json_output, no_cache=no_cache,
-         check=check, rollback=False, verbose=verbose_steps)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
+    _run(
+        app_path,
+        inventory,
+        limit,
+        opts,
+        json_output,
+        no_cache=no_cache,
+        check=check,
+        rollback=False,
+        verbose=verbose_steps,
+    )
 
 
 def rollback(
@@ -218,9 +279,20 @@ def rollback(
     json_output: JsonOpt = False,
 ) -> None:
     """Put back the version each host ran before the last deploy, in batches."""
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
-    _run(app_path, inventory, limit, opts, json_output, no_cache=False,
-         check=False, rollback=True, verbose=False)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
+    _run(
+        app_path,
+        inventory,
+        limit,
+        opts,
+        json_output,
+        no_cache=False,
+        check=False,
+        rollback=True,
+        verbose=False,
+    )
 
 
 def status(
@@ -240,7 +312,9 @@ def status(
 
     app = load_appspec(str(app_path))
     hosts = _hosts(app, inventory, limit)
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
     checks = {c.name: c.healthcheck for c in app.containers}
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
@@ -267,10 +341,14 @@ def status(
         if not containers:
             return HostResult(ctx.host.name, Status.FAILED, f"{app.name} not running")
         if bad:
-            return HostResult(ctx.host.name, Status.FAILED,
-                              f"unhealthy: {', '.join(bad)}")
-        return HostResult(ctx.host.name, Status.OK,
-                          f"{len(containers)} container(s) healthy, version {version}")
+            return HostResult(
+                ctx.host.name, Status.FAILED, f"unhealthy: {', '.join(bad)}"
+            )
+        return HostResult(
+            ctx.host.name,
+            Status.OK,
+            f"{len(containers)} container(s) healthy, version {version}",
+        )
 
     from mockerops.cli_common import run_fleet
 
@@ -293,7 +371,9 @@ def unlock(
 
     app = load_appspec(str(app_path))
     hosts = _hosts(app, inventory, limit)
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         session = await ctx.agent()
@@ -322,7 +402,9 @@ def remove(
 
     app = load_appspec(str(app_path))
     hosts = _hosts(app, inventory, limit)
-    opts = connect_options(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    opts = connect_options(
+        forks, connect_timeout, timeout, accept_new_host_keys, become
+    )
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         session = await ctx.agent()
@@ -333,8 +415,11 @@ def remove(
                 await remove_container(session, container)
         if not containers:
             return HostResult(ctx.host.name, Status.OK, f"{app.name} not present")
-        return HostResult(ctx.host.name, Status.CHANGED,
-                          f"Removed: {len(containers)} container(s) of {app.name}")
+        return HostResult(
+            ctx.host.name,
+            Status.CHANGED,
+            f"Removed: {len(containers)} container(s) of {app.name}",
+        )
 
     run_fleet(hosts, work, opts, json_output, f"Remove {app.name}")
 
@@ -346,4 +431,3 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("unlock")(unlock)
     app.command("remove")(remove)
-

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, List, Optional
+from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -33,9 +33,9 @@ from mockerops.cli_common import (
     select,
 )
 from mockerops.connection import ConnectOptions
-from mockerops.errors import AgentCallError, MockeropsError
+from mockerops.errors import MockeropsError
 from mockerops.fleet import HostContext, HostResult, Status, run_on_hosts
-from mockerops.report import EXIT_FAILED, Reporter, exit_code
+from mockerops.report import Reporter, exit_code
 
 PatternArg = Annotated[str, typer.Argument(help="Host pattern, e.g. 'lab1' or 'web*'.")]
 ContainerArg = Annotated[str, typer.Argument(help="Container name or id.")]
@@ -51,8 +51,13 @@ def _opts(forks, connect_timeout, timeout, accept, become) -> ConnectOptions:
 
 
 def _call_each(
-    hosts, opts: ConnectOptions, method: str, params: dict, json_output: bool,
-    title: str, describe: Callable[[Any], tuple[Status, str]] | None = None,
+    hosts,
+    opts: ConnectOptions,
+    method: str,
+    params: dict,
+    json_output: bool,
+    title: str,
+    describe: Callable[[Any], tuple[Status, str]] | None = None,
 ) -> None:
     """Call one agent method on every host and report each host's answer."""
 
@@ -70,7 +75,9 @@ def _gather(hosts, opts: ConnectOptions, method: str, params: dict) -> list[Host
 
     async def work(ctx: HostContext) -> HostResult:
         agent = await ctx.agent()
-        return HostResult(ctx.host.name, Status.OK, data=await agent.call(method, params))
+        return HostResult(
+            ctx.host.name, Status.OK, data=await agent.call(method, params)
+        )
 
     quiet = Reporter(out=open(os.devnull, "w"))
     return asyncio.run(run_on_hosts(hosts, work, opts, quiet))
@@ -91,7 +98,9 @@ def _finish(results: list[HostResult], json_output: bool) -> None:
     err = Console(stderr=True, highlight=False)
     for r in results:
         if r.status in (Status.FAILED, Status.UNREACHABLE):
-            err.print(f"{r.host} | {r.status.value} | {r.message}", style="red", markup=False)
+            err.print(
+                f"{r.host} | {r.status.value} | {r.message}", style="red", markup=False
+            )
     raise typer.Exit(exit_code(results))
 
 
@@ -109,8 +118,10 @@ def _age(ts: float | None) -> str:
 
 def _ports(container: dict) -> str:
     """Return a container's published ports as text."""
-    return ", ".join(str(p.get("spec", p)) if isinstance(p, dict) else str(p)
-                     for p in container.get("ports") or [])
+    return ", ".join(
+        str(p.get("spec", p)) if isinstance(p, dict) else str(p)
+        for p in container.get("ports") or []
+    )
 
 
 # ---- images -----------------------------------------------------------------
@@ -155,18 +166,29 @@ def build(
                 mark = "CACHED " if cached else ""
                 reporter.host_update(ctx.host.name, f"step {data.get('step')}")
                 reporter.host_output(
-                    ctx.host.name, f"{mark}step {data.get('step')}: {data.get('instruction')}"
+                    ctx.host.name,
+                    f"{mark}step {data.get('step')}: {data.get('instruction')}",
                 )
             elif event == "output" and blob and not json_output:
-                reporter.host_output(ctx.host.name, blob.decode("utf-8", "replace").rstrip("\n"))
+                reporter.host_output(
+                    ctx.host.name, blob.decode("utf-8", "replace").rstrip("\n")
+                )
 
         manifest = await build_image(
-            agent, mockerfile, context_dir, host=ctx.host.name,
-            variables=ctx.host.vars, build_args=args, tag=tag,
-            no_cache=no_cache, on_event=on_event,
+            agent,
+            mockerfile,
+            context_dir,
+            host=ctx.host.name,
+            variables=ctx.host.vars,
+            build_args=args,
+            tag=tag,
+            no_cache=no_cache,
+            on_event=on_event,
         )
         status = Status.CHANGED if steps["run"] else Status.OK
-        message = f"{manifest['id'][:12]} ({steps['run']} built, {steps['cached']} cached)"
+        message = (
+            f"{manifest['id'][:12]} ({steps['run']} built, {steps['cached']} cached)"
+        )
         return HostResult(ctx.host.name, status, message, data=manifest)
 
     run_fleet(hosts, work, opts, json_output, f"Build {mockerfile}")
@@ -206,10 +228,15 @@ def images(
             for image in r.data or []:
                 tags = image.get("tags") or ["<none>"]
                 for t in tags:
-                    rows.append([
-                        r.host, t, image["id"][:12], _age(image.get("created")),
-                        _size(image.get("size")),
-                    ])
+                    rows.append(
+                        [
+                            r.host,
+                            t,
+                            image["id"][:12],
+                            _age(image.get("created")),
+                            _size(image.get("size")),
+                        ]
+                    )
         _print_table(["HOST", "IMAGE", "ID", "CREATED", "SIZE"], rows)
     _finish(results, json_output)
 
@@ -241,8 +268,15 @@ def rmi(
     """Remove an image (refused while a container uses it)."""
     hosts = select(inventory, pattern, limit)
     opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
-    _call_each(hosts, opts, "image.rm", {"ref": image}, json_output,
-               f"Remove image {image}", lambda r: (Status.CHANGED, f"Removed: {image}"))
+    _call_each(
+        hosts,
+        opts,
+        "image.rm",
+        {"ref": image},
+        json_output,
+        f"Remove image {image}",
+        lambda r: (Status.CHANGED, f"Removed: {image}"),
+    )
 
 
 # ---- containers -------------------------------------------------------------
@@ -251,19 +285,27 @@ def rmi(
 def container_run(
     pattern: PatternArg,
     image: Annotated[str, typer.Argument(help="Image name:tag or id.")],
-    command: Annotated[Optional[List[str]], typer.Argument(help="Command, after --.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Container name.")] = None,
+    command: Annotated[
+        Optional[List[str]], typer.Argument(help="Command, after --.")
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Container name.")
+    ] = None,
     publish: Annotated[
         List[str], typer.Option("-p", "--publish", help="[ip:]host:container[/udp]")
     ] = [],
     env: Annotated[List[str], typer.Option("-e", "--env", help="KEY=VALUE")] = [],
-    volume: Annotated[List[str], typer.Option("-v", "--volume", help="src:dst[:ro]")] = [],
+    volume: Annotated[
+        List[str], typer.Option("-v", "--volume", help="src:dst[:ro]")
+    ] = [],
     workdir: Annotated[Optional[str], typer.Option("-w", "--workdir")] = None,
     user: Annotated[Optional[str], typer.Option("-u", "--user")] = None,
     restart: Annotated[
         str, typer.Option("--restart", help="no, always, on-failure[:N]")
     ] = "no",
-    memory: Annotated[Optional[str], typer.Option("-m", "--memory", help="e.g. 256m")] = None,
+    memory: Annotated[
+        Optional[str], typer.Option("-m", "--memory", help="e.g. 256m")
+    ] = None,
     cpus: Annotated[Optional[float], typer.Option("--cpus")] = None,
     pids_limit: Annotated[Optional[int], typer.Option("--pids-limit")] = None,
     label: Annotated[List[str], typer.Option("--label", "-L", help="KEY=VALUE")] = [],
@@ -280,10 +322,19 @@ def container_run(
     hosts = select(inventory, pattern, limit)
     opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
     params = {
-        "image": image, "name": name, "command": _strip_dashes(command) or None,
-        "env": env, "ports": publish, "volumes": volume, "workdir": workdir,
-        "user": user, "restart": restart, "memory": memory, "cpus": cpus,
-        "pids_limit": pids_limit, "labels": _parse_kv(label, "--label"),
+        "image": image,
+        "name": name,
+        "command": _strip_dashes(command) or None,
+        "env": env,
+        "ports": publish,
+        "volumes": volume,
+        "workdir": workdir,
+        "user": user,
+        "restart": restart,
+        "memory": memory,
+        "cpus": cpus,
+        "pids_limit": pids_limit,
+        "labels": _parse_kv(label, "--label"),
     }
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
@@ -306,7 +357,9 @@ def _strip_dashes(command: list[str] | None) -> list[str]:
 
 def ps(
     pattern: Annotated[str, typer.Argument(help="Host pattern.")] = "all",
-    all_: Annotated[bool, typer.Option("-a", "--all", help="Show stopped too.")] = False,
+    all_: Annotated[
+        bool, typer.Option("-a", "--all", help="Show stopped too.")
+    ] = False,
     inventory: InventoryOpt = None,
     limit: LimitOpt = None,
     forks: ForksOpt = 50,
@@ -328,13 +381,25 @@ def ps(
             for c in r.data or []:
                 status = c.get("status", "")
                 if status == "exited":
-                    status = f"exited ({c.get('exit_code')}) {_age(c.get('finished_at'))}"
+                    status = (
+                        f"exited ({c.get('exit_code')}) {_age(c.get('finished_at'))}"
+                    )
                 elif status == "running":
                     status = f"up since {_age(c.get('started_at'))}"
-                rows.append([r.host, c["id"][:12], c.get("name", ""),
-                             c.get("image", ""), status, c.get("ip") or "", _ports(c)])
-        _print_table(["HOST", "CONTAINER ID", "NAME", "IMAGE", "STATUS", "IP", "PORTS"],
-                     rows)
+                rows.append(
+                    [
+                        r.host,
+                        c["id"][:12],
+                        c.get("name", ""),
+                        c.get("image", ""),
+                        status,
+                        c.get("ip") or "",
+                        _ports(c),
+                    ]
+                )
+        _print_table(
+            ["HOST", "CONTAINER ID", "NAME", "IMAGE", "STATUS", "IP", "PORTS"], rows
+        )
     _finish(results, json_output)
 
 
@@ -364,10 +429,19 @@ def _simple_verb(method: str, verb: str, extra: Callable[..., dict] | None = Non
             params["timeout"] = stop_timeout
         if method == "container.rm":
             params["force"] = force
-        _call_each(hosts, opts, method, params, json_output, f"{verb} {container}",
-                   lambda r: (Status.CHANGED, f"{verb}: {container}"))
+        _call_each(
+            hosts,
+            opts,
+            method,
+            params,
+            json_output,
+            f"{verb} {container}",
+            lambda r: (Status.CHANGED, f"{verb}: {container}"),
+        )
 
-    command.__doc__ = f"{method.split('.')[1].capitalize()} a container on every selected host."
+    command.__doc__ = (
+        f"{method.split('.')[1].capitalize()} a container on every selected host."
+    )
     return command
 
 
@@ -386,8 +460,13 @@ def inspect(
     hosts = select(inventory, pattern, limit)
     opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
     results = _gather(hosts, opts, "container.inspect", {"name": container})
-    print(json.dumps({r.host: r.data for r in results if r.data is not None},
-                     indent=2, sort_keys=True))
+    print(
+        json.dumps(
+            {r.host: r.data for r in results if r.data is not None},
+            indent=2,
+            sort_keys=True,
+        )
+    )
     _finish(results, False)
 
 
@@ -410,9 +489,12 @@ def prune(
         agent = await ctx.agent()
         containers = await agent.call("container.prune", {})
         images = await agent.call("image.prune", {})
-        return HostResult(ctx.host.name, Status.CHANGED,
-                          f"pruned containers {containers}, images {images}",
-                          data={"containers": containers, "images": images})
+        return HostResult(
+            ctx.host.name,
+            Status.CHANGED,
+            f"pruned containers {containers}, images {images}",
+            data={"containers": containers, "images": images},
+        )
 
     run_fleet(hosts, work, opts, json_output, "Prune")
 
@@ -444,7 +526,8 @@ def logs(
                 _write_output(ctx.host.name if prefix else None, data, blob)
 
         handle = agent.open_call(
-            "container.logs", {"name": container, "follow": follow, "tail": tail},
+            "container.logs",
+            {"name": container, "follow": follow, "tail": tail},
             on_event=on_event,
         )
         await agent.drain()
@@ -506,15 +589,24 @@ def exec_(
             f"exec -t/--interactive needs one host; the pattern selects {len(hosts)}"
         )
     prefix = len(hosts) > 1
-    params = {"name": container, "argv": argv, "env": env, "tty": tty,
-              "interactive": tty or interactive, "workdir": workdir, "user": user}
+    params = {
+        "name": container,
+        "argv": argv,
+        "env": env,
+        "tty": tty,
+        "interactive": tty or interactive,
+        "workdir": workdir,
+        "user": user,
+    }
 
     async def work(ctx: HostContext) -> HostResult:
         agent = await ctx.agent()
         handle = agent.open_call(
-            "container.exec", params,
-            on_event=lambda e, d, b: e == "output" and _write_output(
-                ctx.host.name if prefix else None, d, b),
+            "container.exec",
+            params,
+            on_event=lambda e, d, b: (
+                e == "output" and _write_output(ctx.host.name if prefix else None, d, b)
+            ),
         )
         await agent.drain()
         if tty or interactive:
@@ -528,8 +620,12 @@ def exec_(
     results = _stream_hosts(hosts, work, opts)
     err = Console(stderr=True, highlight=False)
     for r in results:
-        if r.status is Status.UNREACHABLE or (r.status is Status.FAILED and r.data is None):
-            err.print(f"{r.host} | {r.status.value} | {r.message}", style="red", markup=False)
+        if r.status is Status.UNREACHABLE or (
+            r.status is Status.FAILED and r.data is None
+        ):
+            err.print(
+                f"{r.host} | {r.status.value} | {r.message}", style="red", markup=False
+            )
         elif prefix and r.status is Status.FAILED:
             err.print(f"{r.host} | {r.message}", markup=False)
     if len(results) == 1 and results[0].data is not None:
@@ -581,8 +677,10 @@ def register(app: typer.Typer) -> None:
     container_app.command("inspect")(inspect)
     container_app.command("prune")(prune)
     for method, verb in (
-        ("container.stop", "Stopped"), ("container.start", "Started"),
-        ("container.restart", "Restarted"), ("container.rm", "Removed"),
+        ("container.stop", "Stopped"),
+        ("container.start", "Started"),
+        ("container.restart", "Restarted"),
+        ("container.rm", "Removed"),
     ):
         cmd = _simple_verb(method, verb)
         name = method.split(".")[1]

@@ -100,9 +100,7 @@ async def connect(host: Host, opts: ConnectOptions) -> asyncssh.SSHClientConnect
     where = f"{host.address}:{host.port}"
     try:
         conn, _ = await asyncio.wait_for(
-            asyncssh.create_connection(
-                lambda: checker, host.address, **kwargs
-            ),
+            asyncssh.create_connection(lambda: checker, host.address, **kwargs),
             opts.connect_timeout + 1,
         )
         return conn
@@ -123,10 +121,14 @@ async def connect(host: Host, opts: ConnectOptions) -> asyncssh.SSHClientConnect
             hint="set ansible_ssh_private_key_file or load the key into ssh-agent",
         ) from None
     except asyncssh.Error as exc:
-        raise ConnectionFailed(host.name, f"SSH to {where} failed: {exc.reason}") from None
+        raise ConnectionFailed(
+            host.name, f"SSH to {where} failed: {exc.reason}"
+        ) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConnectionFailed(host.name, f"cannot connect to {where}: {reason}") from None
+        raise ConnectionFailed(
+            host.name, f"cannot connect to {where}: {reason}"
+        ) from None
 
 
 def _host_key_error(host: Host, checker: _HostKeyChecker, known: Path) -> HostKeyError:
@@ -225,9 +227,9 @@ class AgentSession:
             seen += chunk
             at = seen.find(protocol.MAGIC)
             if at >= 0:
-                self._buffer = seen[at + len(protocol.MAGIC):]
+                self._buffer = seen[at + len(protocol.MAGIC) :]
                 return True
-            seen = seen[-(len(protocol.MAGIC) + len(NO_AGENT) + 64):]
+            seen = seen[-(len(protocol.MAGIC) + len(NO_AGENT) + 64) :]
 
     async def _upload(self, path: str, data: bytes) -> None:
         """Copy the agent zipapp to path through a temporary file and a rename."""
@@ -268,7 +270,9 @@ class AgentSession:
             chunk = await proc.stderr.read(65536)
             if not chunk:
                 return
-            log.debug("%s agent stderr: %s", self.host.name, chunk.decode(errors="replace"))
+            log.debug(
+                "%s agent stderr: %s", self.host.name, chunk.decode(errors="replace")
+            )
             self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
     async def _deadline(self, awaitable, what: str, timeout: float | None = None):
@@ -394,9 +398,13 @@ class AgentSession:
         try:
             await asyncio.wait_for(self._proc.stdin.drain(), self.opts.call_timeout)
         except (asyncio.TimeoutError, TimeoutError):
-            raise ConnectionFailed(self.host.name, "the agent stopped reading") from None
+            raise ConnectionFailed(
+                self.host.name, "the agent stopped reading"
+            ) from None
         except (asyncssh.Error, OSError) as exc:
-            raise ConnectionFailed(self.host.name, f"agent channel broke: {exc}") from None
+            raise ConnectionFailed(
+                self.host.name, f"agent channel broke: {exc}"
+            ) from None
 
     async def close(self) -> None:
         """End the agent (stdin EOF) and wait briefly for it to exit."""
@@ -416,7 +424,9 @@ class AgentSession:
 class CallHandle:
     """A call in flight: feed it stdin, cancel it, await its result."""
 
-    def __init__(self, session: AgentSession, call_id: int, method: str, future) -> None:
+    def __init__(
+        self, session: AgentSession, call_id: int, method: str, future
+    ) -> None:
         self.session = session
         self.call_id = call_id
         self.method = method

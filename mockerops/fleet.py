@@ -62,7 +62,9 @@ class HostContext:
         """Return the host's agent session, starting it on first use."""
         async with self._agent_lock:
             if self._agent is None:
-                self._agent = await AgentSession(self.host, self.conn, self.opts).start()
+                self._agent = await AgentSession(
+                    self.host, self.conn, self.opts
+                ).start()
             return self._agent
 
     async def close(self) -> None:
@@ -96,7 +98,9 @@ async def open_hosts(
             try:
                 conn = await connect(host, opts)
             except ConnectionFailed as exc:
-                failures[host.name] = HostResult(host.name, Status.UNREACHABLE, str(exc))
+                failures[host.name] = HostResult(
+                    host.name, Status.UNREACHABLE, str(exc)
+                )
                 if on_event:
                     on_event(host.name, "unreachable")
                 return
@@ -110,7 +114,9 @@ async def open_hosts(
 
 async def close_hosts(contexts: dict[str, HostContext]) -> None:
     """Close every host context, whatever happens to the others."""
-    await asyncio.gather(*(c.close() for c in contexts.values()), return_exceptions=True)
+    await asyncio.gather(
+        *(c.close() for c in contexts.values()), return_exceptions=True
+    )
 
 
 async def run_on_hosts(

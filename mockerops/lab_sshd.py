@@ -7,7 +7,6 @@ trusted only while the pid still lives in that namespace.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time

@@ -2,7 +2,7 @@
 # Install what mockerops, its lab and its tests need on a Debian machine (as root).
 set -eu
 packages="openssh-server openssh-client iptables iproute2 procps psmisc curl \
-busybox-static debootstrap python3-minimal sudo"
+busybox-static debootstrap python3 sudo util-linux"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \

@@ -3,7 +3,6 @@
 import ast
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -62,9 +61,9 @@ def frames(raw):
     out = []
     while rest:
         hlen, blen = protocol.decode_lengths(rest[:8])
-        header = protocol.decode_header(rest[8:8 + hlen])
-        out.append((header, rest[8 + hlen:8 + hlen + blen]))
-        rest = rest[8 + hlen + blen:]
+        header = protocol.decode_header(rest[8 : 8 + hlen])
+        out.append((header, rest[8 + hlen : 8 + hlen + blen]))
+        rest = rest[8 + hlen + blen :]
     return out
 
 
@@ -72,15 +71,20 @@ def test_agent_answers_every_request_in_frames(tmp_path):
     _, data = agent_zipapp()
     pyz = tmp_path / "agent.pyz"
     pyz.write_bytes(data)
-    requests = b"".join([
-        protocol.encode({"id": 1, "op": "call", "method": "agent.ping"}),
-        protocol.encode({"id": 2, "op": "call", "method": "no.such"}),
-        protocol.encode({"id": 3, "op": "call", "method": "agent.ping",
-                         "params": {"bogus": 1}}),
-    ])
+    requests = b"".join(
+        [
+            protocol.encode({"id": 1, "op": "call", "method": "agent.ping"}),
+            protocol.encode({"id": 2, "op": "call", "method": "no.such"}),
+            protocol.encode(
+                {"id": 3, "op": "call", "method": "agent.ping", "params": {"bogus": 1}}
+            ),
+        ]
+    )
     proc = subprocess.run(
         [sys.executable, str(pyz), "serve", str(tmp_path / "root")],
-        input=requests, capture_output=True, timeout=30,
+        input=requests,
+        capture_output=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     got = frames(proc.stdout)
@@ -94,8 +98,11 @@ def test_agent_answers_every_request_in_frames(tmp_path):
 
 @pytest.mark.parametrize(
     "header_len, blob_len, ok",
-    [(10, 0, True), (protocol.MAX_HEADER + 1, 0, False),
-     (10, protocol.MAX_BLOB + 1, False)],
+    [
+        (10, 0, True),
+        (protocol.MAX_HEADER + 1, 0, False),
+        (10, protocol.MAX_BLOB + 1, False),
+    ],
 )
 def test_frame_bounds(header_len, blob_len, ok):
     prefix = protocol.HEAD.pack(header_len, blob_len)

@@ -30,11 +30,16 @@ PORT = 18080
 
 def mockerops(*args, timeout=600, check=False):
     """Run the mockerops CLI; return CompletedProcess (raise on failure if check)."""
-    proc = subprocess.run([sys.executable, "-m", "mockerops", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mockerops", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"mockerops {args} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"mockerops {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -77,13 +82,18 @@ class App:
         self.path.write_text(yaml.safe_dump(self.spec, sort_keys=False))
 
     def deploy(self, *extra, check=False):
-        return mockerops("deploy", "-i", self.inventory, self.path, "--json", *extra,
-                         check=check)
+        return mockerops(
+            "deploy", "-i", self.inventory, self.path, "--json", *extra, check=check
+        )
 
     def containers(self) -> dict[str, list[dict]]:
-        proc = mockerops("ps", "-i", self.inventory, self.lab.name, "--json", check=True)
-        return {h: [c for c in cs if c["labels"].get("mockerops.app") == "hello"]
-                for h, cs in json.loads(proc.stdout).items()}
+        proc = mockerops(
+            "ps", "-i", self.inventory, self.lab.name, "--json", check=True
+        )
+        return {
+            h: [c for c in cs if c["labels"].get("mockerops.app") == "hello"]
+            for h, cs in json.loads(proc.stdout).items()
+        }
 
     def set_host_var(self, host: str, key: str, value) -> None:
         data = yaml.safe_load(self.inventory.read_text())
@@ -110,7 +120,8 @@ def test_deploy_to_three_hosts_each_answers(app, lab):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = host_results(proc)
     assert {h: r["status"] for h, r in results.items()} == {
-        name: "changed" for name, _, _ in lab.hosts}
+        name: "changed" for name, _, _ in lab.hosts
+    }
     for name, address, _ in lab.hosts:
         assert f"hello from {name} version 1" in get(address)
 
@@ -124,18 +135,26 @@ def test_unchanged_deploy_builds_and_restarts_nothing(app, lab):
     assert not re.search(r"build step \d+: building", proc.stdout)
     after = app.containers()
     key = lambda cs: sorted((c["id"], c["started_at"]) for c in cs)  # noqa: E731
-    assert {h: key(cs) for h, cs in after.items()} == \
-        {h: key(cs) for h, cs in before.items()}
+    assert {h: key(cs) for h, cs in after.items()} == {
+        h: key(cs) for h, cs in before.items()
+    }
 
 
 def netns_snapshot(lab) -> dict:
     """Return every lab host's iptables rules (without counters)."""
     out = {}
     for name, _, netns in lab.hosts:
-        rules = subprocess.run(["ip", "netns", "exec", netns, "iptables-save"],
-                               capture_output=True, text=True, check=True).stdout
-        out[name] = [re.sub(r"\[\d+:\d+\]", "", line) for line in rules.splitlines()
-                     if not line.startswith("#")]
+        rules = subprocess.run(
+            ["ip", "netns", "exec", netns, "iptables-save"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        out[name] = [
+            re.sub(r"\[\d+:\d+\]", "", line)
+            for line in rules.splitlines()
+            if not line.startswith("#")
+        ]
     return out
 
 
@@ -188,8 +207,11 @@ def test_changed_variable_rolls_out_batch_by_batch_without_downtime(app, lab):
         prober.join(timeout=10)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     events = [json.loads(x) for x in proc.stdout.splitlines()]
-    batches = [e["text"] for e in events if e["event"] == "message"
-               and e["text"].startswith("batch ")]
+    batches = [
+        e["text"]
+        for e in events
+        if e["event"] == "message" and e["text"].startswith("batch ")
+    ]
     assert len(batches) == 3, batches
     assert prober.errors == [], prober.errors[:5]
     assert prober.ok > 20
@@ -228,14 +250,21 @@ def test_rollback_restores_previous_version(app, lab):
 
 def test_second_deploy_is_refused_while_the_lock_is_held(app, lab):
     name, _, _ = lab.hosts[0]
-    root = Path(yaml.safe_load(app.inventory.read_text())["all"]["children"]
-                [lab.name]["hosts"][name]["mockerops_root"])
+    root = Path(
+        yaml.safe_load(app.inventory.read_text())["all"]["children"][lab.name]["hosts"][
+            name
+        ]["mockerops_root"]
+    )
     lock = root / "locks" / "deploy-hello.json"
     lock.parent.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    record = {"app": "hello", "token": "x" * 32, "started": now - 5,
-              "expires": now + 300,
-              "owner": {"user": "alice", "host": "laptop", "pid": 4242}}
+    record = {
+        "app": "hello",
+        "token": "x" * 32,
+        "started": now - 5,
+        "expires": now + 300,
+        "owner": {"user": "alice", "host": "laptop", "pid": 4242},
+    }
     lock.write_text(json.dumps(record))
     try:
         refused = app.deploy("--limit", name)

@@ -29,11 +29,14 @@ def mockerops(*args, timeout=300, check=False):
     """Run the mockerops CLI; return CompletedProcess (raise on failure if check)."""
     proc = subprocess.run(
         [sys.executable, "-m", "mockerops", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"mockerops {args} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"mockerops {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -61,8 +64,10 @@ def host(lab):
 def busybox_context(tmp_path_factory):
     """A build context holding the busybox base tarball."""
     if not BUSYBOX_TAR.exists():
-        subprocess.run([sys.executable, str(REPO / "playbooks/make_rootfs.py"),
-                        "busybox"], check=True)
+        subprocess.run(
+            [sys.executable, str(REPO / "playbooks/make_rootfs.py"), "busybox"],
+            check=True,
+        )
     ctx = tmp_path_factory.mktemp("bbctx")
     shutil.copy(BUSYBOX_TAR, ctx / "base.tar.gz")
     return ctx
@@ -75,7 +80,7 @@ def app_image(host, busybox_context):
     (ctx / "serve.sh").write_text(
         "#!/bin/sh\n"
         "trap 'echo got TERM; exit 0' TERM\n"
-        "echo \"$(hostname)\" > /www/index.html\n"
+        'echo "$(hostname)" > /www/index.html\n'
         "httpd -f -p 8000 -h /www &\n"
         "while :; do sleep 1; done\n"
     )
@@ -95,11 +100,13 @@ def app_image(host, busybox_context):
 def test_busybox_example_builds_then_is_fully_cached(host):
     name, _, _, inv = host
     mockerfile = REPO / "playbooks" / "busybox" / "Mockerfile"
-    first = mockerops("build", "-i", inv, name, mockerfile, "-t", "bb:1", "--json",
-                      check=True)
+    first = mockerops(
+        "build", "-i", inv, name, mockerfile, "-t", "bb:1", "--json", check=True
+    )
     assert steps_of(first), first.stdout
-    second = mockerops("build", "-i", inv, name, mockerfile, "-t", "bb:1", "--json",
-                       check=True)
+    second = mockerops(
+        "build", "-i", inv, name, mockerfile, "-t", "bb:1", "--json", check=True
+    )
     steps = steps_of(second)
     assert steps and all(cached for _, cached in steps), steps
     images = mockerops("images", "-i", inv, name, "--json", check=True)
@@ -107,8 +114,9 @@ def test_busybox_example_builds_then_is_fully_cached(host):
     assert "bb:1" in tags
 
 
-def test_changed_file_same_size_and_mtime_rebuilds_from_its_copy(host, tmp_path,
-                                                               busybox_context):
+def test_changed_file_same_size_and_mtime_rebuilds_from_its_copy(
+    host, tmp_path, busybox_context
+):
     name, _, _, inv = host
     shutil.copy(busybox_context / "base.tar.gz", tmp_path / "base.tar.gz")
     data = tmp_path / "data.txt"
@@ -121,12 +129,22 @@ def test_changed_file_same_size_and_mtime_rebuilds_from_its_copy(host, tmp_path,
         "COPY data.txt /data.txt\n"
         "RUN cat /data.txt > /after\n"
     )
-    mockerops("build", "-i", inv, name, tmp_path / "Mockerfile", "-t", "cc:1",
-              check=True)
+    mockerops(
+        "build", "-i", inv, name, tmp_path / "Mockerfile", "-t", "cc:1", check=True
+    )
     data.write_text("bbbb\n")
     os.utime(data, stamp)
-    proc = mockerops("build", "-i", inv, name, tmp_path / "Mockerfile", "-t", "cc:1",
-                     "--json", check=True)
+    proc = mockerops(
+        "build",
+        "-i",
+        inv,
+        name,
+        tmp_path / "Mockerfile",
+        "-t",
+        "cc:1",
+        "--json",
+        check=True,
+    )
     cached = [c for _, c in steps_of(proc)]
     assert cached == [True, True, False, False], steps_of(proc)
 
@@ -155,8 +173,9 @@ def test_arg_used_in_env_rebuilds_when_it_changes(host, tmp_path, busybox_contex
         ("FROM ./base.tar.gz\nRUN echo {{ undefined_var }}\n", "undefined_var"),
     ],
 )
-def test_bad_mockerfiles_name_file_and_line(host, tmp_path, busybox_context,
-                                           mockerfile, expected):
+def test_bad_mockerfiles_name_file_and_line(
+    host, tmp_path, busybox_context, mockerfile, expected
+):
     name, _, _, inv = host
     shutil.copy(busybox_context / "base.tar.gz", tmp_path / "base.tar.gz")
     (tmp_path / "Mockerfile").write_text(mockerfile)
@@ -169,21 +188,33 @@ def test_bad_mockerfiles_name_file_and_line(host, tmp_path, busybox_context,
 
 def netns_state(netns: str) -> dict:
     """Return what a container could leave behind in a lab host's namespace."""
-    rules = subprocess.run(["ip", "netns", "exec", netns, "iptables-save"],
-                           capture_output=True, text=True, check=True).stdout
-    rules = [re.sub(r"\[\d+:\d+\]", "", line) for line in rules.splitlines()
-             if not line.startswith("#")]
-    links = subprocess.run(["ip", "-n", netns, "-o", "link"], capture_output=True,
-                           text=True, check=True).stdout
-    links = sorted(re.sub(r"^\d+: ", "", line).split(":")[0]
-                   for line in links.splitlines())
+    rules = subprocess.run(
+        ["ip", "netns", "exec", netns, "iptables-save"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rules = [
+        re.sub(r"\[\d+:\d+\]", "", line)
+        for line in rules.splitlines()
+        if not line.startswith("#")
+    ]
+    links = subprocess.run(
+        ["ip", "-n", netns, "-o", "link"], capture_output=True, text=True, check=True
+    ).stdout
+    links = sorted(
+        re.sub(r"^\d+: ", "", line).split(":")[0] for line in links.splitlines()
+    )
     return {"rules": rules, "links": links}
 
 
 def overlay_mounts() -> list[str]:
     """Return every overlay mount of this machine."""
-    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if " - overlay " in line]
+    return [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if " - overlay " in line
+    ]
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
@@ -206,18 +237,31 @@ def wait_http(url: str, deadline: float = 15.0) -> str:
 
 def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
     name, address, netns, inv = host
-    mockerops("container", "run", "-i", inv, name, app_image, "--name", "warmup",
-              check=True)
+    mockerops(
+        "container", "run", "-i", inv, name, app_image, "--name", "warmup", check=True
+    )
     mockerops("rm", "-i", inv, name, "warmup", "-f", check=True)
     before = netns_state(netns)
     mounts_before = overlay_mounts()
 
-    mockerops("container", "run", "-i", inv, name, app_image, "--name", "web",
-              "-p", "8080:8000", check=True)
+    mockerops(
+        "container",
+        "run",
+        "-i",
+        inv,
+        name,
+        app_image,
+        "--name",
+        "web",
+        "-p",
+        "8080:8000",
+        check=True,
+    )
     try:
         body = wait_http(f"http://{address}:8080/").strip()
-        record = json.loads(mockerops("inspect", "-i", inv, name, "web",
-                                      check=True).stdout)[name]
+        record = json.loads(
+            mockerops("inspect", "-i", inv, name, "web", check=True).stdout
+        )[name]
         assert body == record["id"][:12], "the app sees its own hostname, as Docker's"
         assert body != os.uname().nodename
 
@@ -227,21 +271,54 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
         assert "1" in pids and len(pids) < 10, ps.stdout
         assert "sshd" not in ps.stdout and "pytest" not in ps.stdout
 
-        rc = mockerops("exec", "-i", inv, name, "web", "--", "sh", "-c", "echo out; exit 7")
+        rc = mockerops(
+            "exec", "-i", inv, name, "web", "--", "sh", "-c", "echo out; exit 7"
+        )
         assert rc.returncode == 7 and rc.stdout.strip() == "out"
 
         for _ in range(3):
-            mockerops("exec", "-i", inv, name, "web", "--", "sh", "-c",
-                      "sleep 0.2 & exit 0", check=True)
+            mockerops(
+                "exec",
+                "-i",
+                inv,
+                name,
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "sleep 0.2 & exit 0",
+                check=True,
+            )
         time.sleep(1)
-        zombies = mockerops("exec", "-i", inv, name, "web", "--", "sh", "-c",
-                            "ps -o stat | grep -c Z || true")
+        zombies = mockerops(
+            "exec",
+            "-i",
+            inv,
+            name,
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "ps -o stat | grep -c Z || true",
+        )
         assert zombies.stdout.strip() == "0", "orphans of exec must be reaped"
 
-        taken = mockerops("container", "run", "-i", inv, name, app_image, "--name", "web")
+        taken = mockerops(
+            "container", "run", "-i", inv, name, app_image, "--name", "web"
+        )
         assert taken.returncode != 0 and "web" in taken.stdout + taken.stderr
-        port = mockerops("container", "run", "-i", inv, name, app_image, "--name",
-                         "web2", "-p", "8080:8000")
+        port = mockerops(
+            "container",
+            "run",
+            "-i",
+            inv,
+            name,
+            app_image,
+            "--name",
+            "web2",
+            "-p",
+            "8080:8000",
+        )
         assert port.returncode != 0 and "8080" in port.stdout + port.stderr
 
         started = time.monotonic()
@@ -251,7 +328,9 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
         assert "got TERM" in logs.stdout
 
         stopped = mockerops("exec", "-i", inv, name, "web", "--", "true")
-        assert stopped.returncode != 0 and "not running" in stopped.stdout + stopped.stderr
+        assert (
+            stopped.returncode != 0 and "not running" in stopped.stdout + stopped.stderr
+        )
     finally:
         mockerops("rm", "-i", inv, name, "web", "-f")
     assert netns_state(netns) == before
@@ -262,11 +341,31 @@ def test_bad_run_requests_change_nothing(host, app_image):
     name, _, _, inv = host
     missing = mockerops("container", "run", "-i", inv, name, "nosuch:9", "--name", "x1")
     assert missing.returncode != 0 and "nosuch:9" in missing.stdout + missing.stderr
-    memory = mockerops("container", "run", "-i", inv, name, app_image, "--name", "m1",
-                       "--memory", "lots")
+    memory = mockerops(
+        "container",
+        "run",
+        "-i",
+        inv,
+        name,
+        app_image,
+        "--name",
+        "m1",
+        "--memory",
+        "lots",
+    )
     assert memory.returncode != 0 and "lots" in memory.stdout + memory.stderr
-    free = mockerops("container", "run", "-i", inv, name, app_image, "--name", "m1",
-                     "--memory", "64m")
+    free = mockerops(
+        "container",
+        "run",
+        "-i",
+        inv,
+        name,
+        app_image,
+        "--name",
+        "m1",
+        "--memory",
+        "64m",
+    )
     try:
         assert free.returncode == 0, free.stdout + free.stderr
     finally:
@@ -275,14 +374,29 @@ def test_bad_run_requests_change_nothing(host, app_image):
 
 def test_restart_on_failure_restarts_a_crashing_app(host, app_image):
     name, _, _, inv = host
-    mockerops("container", "run", "-i", inv, name, app_image, "--name", "crash",
-              "--restart", "on-failure:3", "--", "sh", "-c", "echo run; exit 3",
-              check=True)
+    mockerops(
+        "container",
+        "run",
+        "-i",
+        inv,
+        name,
+        app_image,
+        "--name",
+        "crash",
+        "--restart",
+        "on-failure:3",
+        "--",
+        "sh",
+        "-c",
+        "echo run; exit 3",
+        check=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            record = json.loads(mockerops("inspect", "-i", inv, name, "crash",
-                                          check=True).stdout)[name]
+            record = json.loads(
+                mockerops("inspect", "-i", inv, name, "crash", check=True).stdout
+            )[name]
             if record["restart_count"] >= 2:
                 break
             time.sleep(0.5)
@@ -293,19 +407,34 @@ def test_restart_on_failure_restarts_a_crashing_app(host, app_image):
         mockerops("rm", "-i", inv, name, "crash", "-f")
 
 
-@pytest.mark.skipif(not DEBIAN_TAR.exists(),
-                    reason="run playbooks/make_rootfs.py debian first (test.sh does)")
+@pytest.mark.skipif(
+    not DEBIAN_TAR.exists(),
+    reason="run playbooks/make_rootfs.py debian first (test.sh does)",
+)
 def test_debian_hello_example_builds_and_serves(lab):
     name, address, _ = lab.hosts[1]
     inv = lab.inventory_path
     mockerfile = REPO / "playbooks" / "hello" / "Mockerfile"
-    mockerops("build", "-i", inv, name, mockerfile, "-t", "hello:1", check=True,
-              timeout=900)
-    again = mockerops("build", "-i", inv, name, mockerfile, "-t", "hello:1", "--json",
-                      check=True)
+    mockerops(
+        "build", "-i", inv, name, mockerfile, "-t", "hello:1", check=True, timeout=900
+    )
+    again = mockerops(
+        "build", "-i", inv, name, mockerfile, "-t", "hello:1", "--json", check=True
+    )
     assert all(c for _, c in steps_of(again))
-    mockerops("container", "run", "-i", inv, name, "hello:1", "--name", "hello",
-              "-p", "8081:8000", check=True)
+    mockerops(
+        "container",
+        "run",
+        "-i",
+        inv,
+        name,
+        "hello:1",
+        "--name",
+        "hello",
+        "-p",
+        "8081:8000",
+        check=True,
+    )
     try:
         assert f"hello from {name}" in wait_http(f"http://{address}:8081/")
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,10 @@ def mockerops(*args, timeout=120, input=None):
     """Run the mockerops CLI as a user would; return CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-m", "mockerops", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
 
 
@@ -63,13 +65,17 @@ def test_ping_json_reports_agent_and_python(lab):
 
 def test_run_output_and_exit_codes_per_host(lab):
     first, second = lab.hosts[0][0], lab.hosts[1][0]
-    script = f'echo "on $(hostname -I)"; [ "$(hostname -I | tr -d " ")" = "x" ] || exit 3'
+    script = (
+        'echo "on $(hostname -I)"; [ "$(hostname -I | tr -d " ")" = "x" ] || exit 3'
+    )
     proc = mockerops("run", "-i", lab.inventory_path, f"{first},{second}", "--", script)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     for name, address, _ in lab.hosts[:2]:
         assert f"{name}: on {address}" in proc.stdout
         assert f"{name} | failed | rc=3" in proc.stdout
-    ok = mockerops("run", "-i", lab.inventory_path, f"all:!{second}", "--", "uname", "-r")
+    ok = mockerops(
+        "run", "-i", lab.inventory_path, f"all:!{second}", "--", "uname", "-r"
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert os.uname().release in ok.stdout
     assert f"{second}:" not in ok.stdout
@@ -83,12 +89,17 @@ def test_pattern_matching_nothing_is_an_error(lab):
 
 def test_agent_uploaded_once_across_runs(lab):
     name, _, _ = lab.hosts[0]
-    root = Path(yaml.safe_load(lab.inventory_path.read_text())["all"]["children"]
-                [lab.name]["hosts"][name]["mockerops_root"])
+    root = Path(
+        yaml.safe_load(lab.inventory_path.read_text())["all"]["children"][lab.name][
+            "hosts"
+        ][name]["mockerops_root"]
+    )
     shutil.rmtree(root / "agent", ignore_errors=True)
     first = mockerops("ping", "-i", lab.inventory_path, name)
     second = mockerops("ping", "-i", lab.inventory_path, name)
-    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.returncode == 0 and second.returncode == 0, (
+        first.stderr + second.stderr
+    )
     assert "agent uploaded" in first.stdout
     assert "agent uploaded" not in second.stdout
     assert len(list((root / "agent").glob("*.pyz"))) == 1
@@ -111,7 +122,8 @@ def test_changed_host_key_refused_others_work(lab, tmp_path):
     known.write_text("\n".join(lines) + "\n")
     before = known.read_text()
     inv = write_inventory(
-        tmp_path / "inv.yaml", lab.inventory_path,
+        tmp_path / "inv.yaml",
+        lab.inventory_path,
         lambda d: d["all"]["vars"].update(mockerops_known_hosts=str(known)),
     )
     proc = mockerops("ping", "-i", inv, "all", "--accept-new-host-keys")
@@ -129,7 +141,8 @@ def test_unknown_host_key_refused_then_accepted_on_request(lab, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text("")
     inv = write_inventory(
-        tmp_path / "inv.yaml", lab.inventory_path,
+        tmp_path / "inv.yaml",
+        lab.inventory_path,
         lambda d: d["all"]["vars"].update(mockerops_known_hosts=str(known)),
     )
     refused = mockerops("ping", "-i", inv, name)
@@ -165,7 +178,8 @@ def silent_listener(lab):
     )
     proc = subprocess.Popen(
         ["ip", "netns", "exec", netns, sys.executable, "-c", code],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -175,7 +189,9 @@ def silent_listener(lab):
         proc.wait(timeout=10)
 
 
-def test_unreachable_and_silent_hosts_time_out_others_succeed(lab, tmp_path, silent_listener):
+def test_unreachable_and_silent_hosts_time_out_others_succeed(
+    lab, tmp_path, silent_listener
+):
     dead = unused_lab_address(lab)
 
     def edit(d):
@@ -202,7 +218,8 @@ def login_user(lab, tmp_path):
     home = Path("/home") / user
     # "*" rather than useradd's "!": sshd without PAM refuses locked accounts.
     subprocess.run(
-        ["useradd", "-m", "-d", str(home), "-s", "/bin/bash", "-p", "*", user], check=True
+        ["useradd", "-m", "-d", str(home), "-s", "/bin/bash", "-p", "*", user],
+        check=True,
     )
     sudoers = Path(f"/etc/sudoers.d/{user}")
     try:
