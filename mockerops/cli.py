@@ -215,26 +215,36 @@ def inventory_cmd(
     print(json.dumps(inv.to_list(), indent=2, sort_keys=True, default=str))
 
 
-def _mount_subcommands() -> None:
-    """Add the sub-apps and verbs that live in their own modules."""
+# The verbs each sub-module adds; a command line naming one of them imports
+# only that module, which keeps start-up short for fleet-wide fan-out.
+SUBCOMMANDS = {
+    "mockerops.cli_lab": {"lab"},
+    "mockerops.cli_engine": {
+        "build", "images", "rmi", "ps", "logs", "exec", "inspect", "prune",
+        "stop", "start", "restart", "rm", "container",
+    },
+    "mockerops.cli_deploy": {"deploy", "rollback", "status", "unlock", "remove"},
+}
+BUILTIN = {"ping", "run", "facts", "inventory"}
+
+
+def _mount_subcommands(argv: list[str]) -> None:
+    """Add the verbs that live in their own modules (only the one argv needs)."""
     import importlib
 
-    for module in ("mockerops.cli_lab", "mockerops.cli_engine", "mockerops.cli_deploy"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue
-            raise
-        if hasattr(mod, "register"):
-            mod.register(app)
-        else:
-            app.add_typer(mod.lab_app, name="lab")
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb in BUILTIN:
+        return
+    wanted = [m for m, verbs in SUBCOMMANDS.items() if verb in verbs] or list(
+        SUBCOMMANDS
+    )
+    for module in wanted:
+        importlib.import_module(module).register(app)
 
 
 def main() -> None:
     """Run the CLI, mapping errors to one line and a documented exit status."""
-    _mount_subcommands()
+    _mount_subcommands(sys.argv[1:])
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         code = app(standalone_mode=False)

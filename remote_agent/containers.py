@@ -13,6 +13,7 @@ is gone (reboot, crash) is reported exited and its leftovers are removed.
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -333,18 +334,34 @@ def run(root, **params):
         raise
 
 
+# Names the descriptor of the pipe a supervisor signals readiness on.
+READY_ENV = "MOCKEROPS_READY_FD"
+
+
 def _spawn_supervisor(root, container_id):
-    """Start ``agent supervise ROOT ID`` detached from this session."""
+    """Start ``agent supervise ROOT ID`` detached; return the ready pipe's read end.
+
+    The supervisor writes one byte to the pipe once the container runs (or has
+    failed), so start() wakes at once instead of polling the state file.
+    """
     argv, env = nsexec.agent_argv("supervise", root, container_id)
+    ready_r, ready_w = os.pipe()
+    env = dict(env if env is not None else os.environ)
+    env[READY_ENV] = str(ready_w)
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         proc = subprocess.Popen(argv, stdin=devnull, stdout=devnull, stderr=devnull,
                                 env=env, close_fds=True, start_new_session=True,
-                                cwd="/")
+                                cwd="/", pass_fds=(ready_w,))
+    except BaseException:
+        os.close(ready_r)
+        raise
     finally:
         os.close(devnull)
+        os.close(ready_w)
     # The supervisor forks again and its first process exits at once: reap it.
     proc.wait()
+    return ready_r
 
 
 def start(root, ref):
@@ -361,9 +378,13 @@ def start(root, ref):
                          restart_count=0)
             util.write_json(os.path.join(container_dir(root, container_id),
                                          "state.json"), state)
-    if claimed:
-        _spawn_supervisor(root, container_id)
     deadline = time.monotonic() + START_TIMEOUT
+    if claimed:
+        ready = _spawn_supervisor(root, container_id)
+        try:
+            select.select([ready], [], [], START_TIMEOUT)
+        finally:
+            os.close(ready)
     while time.monotonic() < deadline:
         state = read_state(root, container_id)
         if state.get("status") in ("running", "exited", "restarting"):

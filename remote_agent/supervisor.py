@@ -196,6 +196,7 @@ class Supervisor:
             state = containers.update_state(
                 self.root, self.id, status="exited", pid=None, exit_code=code,
                 finished_at=timestamp(), error=error)
+            signal_ready()
             if state.get("desired") == "stopped" or error:
                 break
             if not restart_wanted(self.config["restart"], code, restarts):
@@ -243,6 +244,7 @@ class Supervisor:
                                     pid_start=containers.proc_starttime(pid),
                                     started_at=timestamp(), finished_at=None,
                                     exit_code=None, error=None)
+            signal_ready()
             self._pump(outputs, log)
             return self._reap(pid), None
         except Exception as exc:
@@ -272,6 +274,7 @@ class Supervisor:
         ns.unshare(ns.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
+            close_ready()
             os.close(to_child[1])
             os.close(from_child[0])
             os.close(out_r)
@@ -431,12 +434,39 @@ def _report(fd, message):
         pass
 
 
+_ready = {"fd": None}
+
+
+def signal_ready():
+    """Tell the agent waiting in containers.start that the state is settled."""
+    fd = _ready["fd"]
+    if fd is None:
+        return
+    _ready["fd"] = None
+    try:
+        os.write(fd, b"1")
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def close_ready():
+    """Drop the ready pipe in a child that must not hold it open."""
+    fd, _ready["fd"] = _ready["fd"], None
+    if fd is not None:
+        os.close(fd)
+
+
 def main(argv):
     """Supervise container argv[1] under state root argv[0]."""
     if len(argv) != 2:
         sys.stderr.write("usage: supervise ROOT ID\n")
         return 2
     root, container_id = argv
+    ready = os.environ.pop(containers.READY_ENV, None)
+    if ready and ready.isdigit():
+        _ready["fd"] = int(ready)
+        os.set_inheritable(_ready["fd"], False)
     if os.fork() != 0:
         os._exit(0)
     try:
@@ -450,5 +480,6 @@ def main(argv):
                 supervisor_pid=None, finished_at=timestamp(),
                 error="supervisor failed: %s" % traceback.format_exc(limit=3))
         finally:
+            signal_ready()
             os._exit(1)
     os._exit(0)
