@@ -13,25 +13,24 @@ import shlex
 import sys
 from typing import Annotated, List, Optional
 
-import click
 import typer
 import yaml
 from rich.console import Console
 
 from mockerops import __version__
+
+try:  # typer 0.2x carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer runs on click itself
+    from click import ClickException
+
+    NoArgsIsHelpError = ()
 from mockerops.cli_common import (
-    AcceptKeysOpt,
-    BecomeOpt,
-    ConnectTimeoutOpt,
-    ForksOpt,
+    FleetArgs,
     InventoryOpt,
-    JsonOpt,
     LimitOpt,
-    TimeoutOpt,
-    connect_options,
+    fleet_command,
     load,
-    run_fleet,
-    select,
 )
 from mockerops.connection import remote_shell
 from mockerops.errors import MockeropsError
@@ -71,22 +70,14 @@ def root(
 
 
 @app.command()
+@fleet_command(timeout=60.0)
 def ping(
-    pattern: Annotated[str, typer.Argument(help="Host pattern, e.g. 'web:&prod'.")],
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 60.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern, e.g. 'web:&prod'.")],
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Connect, start the agent and report its version and Python's."""
-    hosts = select(inventory, pattern, limit)
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
+    hosts = fleet.hosts(pattern)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         agent = await ctx.agent()
@@ -98,31 +89,23 @@ def ping(
         )
         return HostResult(ctx.host.name, status, message, data=hello)
 
-    run_fleet(hosts, work, opts, json_output, "Ping")
+    fleet.run(hosts, work, "Ping")
 
 
 @app.command()
+@fleet_command(timeout=600.0)
 def run(
-    pattern: Annotated[str, typer.Argument(help="Host pattern.")],
-    command: Annotated[List[str], typer.Argument(help="Command, after --.")],
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 600.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern.")],
+    command: Annotated[List[str], typer.Argument(metavar="COMMAND", help="Command, after --.")],
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Run an ad hoc shell command on hosts; show output and exit status per host."""
-    hosts = select(inventory, pattern, limit)
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
+    hosts = fleet.hosts(pattern)
     script = command[0] if len(command) == 1 else shlex.join(command)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
-        result = await _run_remote(ctx, script, timeout)
+        result = await _run_remote(ctx, script, fleet.opts.call_timeout)
         output = (result.stdout or "") + (result.stderr or "")
         if output:
             reporter.host_output(ctx.host.name, output.rstrip("\n"))
@@ -132,7 +115,7 @@ def run(
             ctx.host.name, status, f"rc={rc}", data={"rc": rc, "output": output}
         )
 
-    run_fleet(hosts, work, opts, json_output, f"Run {script!r}")
+    fleet.run(hosts, work, f"Run {script!r}")
 
 
 async def _run_remote(ctx: HostContext, script: str, timeout: float):
@@ -156,27 +139,19 @@ async def _run_remote(ctx: HostContext, script: str, timeout: float):
 
 
 @app.command()
+@fleet_command(timeout=60.0)
 def facts(
-    pattern: Annotated[str, typer.Argument(help="Host pattern.")],
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 60.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern.")],
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Show what the engine needs from each host: kernel, cgroups, overlayfs..."""
-    hosts = select(inventory, pattern, limit)
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
+    hosts = fleet.hosts(pattern)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         agent = await ctx.agent()
         found = await agent.call("host.facts")
-        if not json_output:
+        if not fleet.json_output:
             reporter.host_output(
                 ctx.host.name, yaml.safe_dump(found, sort_keys=True).rstrip()
             )
@@ -188,7 +163,7 @@ def facts(
             return HostResult(ctx.host.name, Status.FAILED, why, data=found)
         return HostResult(ctx.host.name, Status.OK, found["distribution"], data=found)
 
-    run_fleet(hosts, work, opts, json_output, "Facts")
+    fleet.run(hosts, work, "Facts")
 
 
 @app.command("inventory")
@@ -220,8 +195,19 @@ def inventory_cmd(
 SUBCOMMANDS = {
     "mockerops.cli_lab": {"lab"},
     "mockerops.cli_engine": {
-        "build", "images", "rmi", "ps", "logs", "exec", "inspect", "prune",
-        "stop", "start", "restart", "rm", "container",
+        "build",
+        "images",
+        "rmi",
+        "ps",
+        "logs",
+        "exec",
+        "inspect",
+        "prune",
+        "stop",
+        "start",
+        "restart",
+        "rm",
+        "container",
     },
     "mockerops.cli_deploy": {"deploy", "rollback", "status", "unlock", "remove"},
 }
@@ -253,11 +239,14 @@ def main() -> None:
         if exc.hint:
             err.print(f"  hint: {exc.hint}", markup=False)
         code = exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         code = EXIT_INTERRUPTED
-    except click.ClickException as exc:
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        code = 0
+    except ClickException as exc:
         exc.show()
         code = EXIT_USAGE
     except KeyboardInterrupt:

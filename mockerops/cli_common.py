@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Awaitable, Callable, Optional
 
@@ -31,7 +35,7 @@ LimitOpt = Annotated[
     Optional[str], typer.Option("--limit", "-l", help="Narrow the hosts further.")
 ]
 ForksOpt = Annotated[
-    int, typer.Option("--forks", "-f", min=1, help="Hosts worked on at once.")
+    int, typer.Option("--forks", min=1, help="Hosts worked on at once.")
 ]
 ConnectTimeoutOpt = Annotated[
     float, typer.Option("--connect-timeout", min=0.1, help="Seconds to connect.")
@@ -105,3 +109,83 @@ def run_fleet(
         reporter.stop()
         reporter.recap(results)
     raise typer.Exit(exit_code(results))
+
+
+@dataclass
+class FleetArgs:
+    """The common flags of a fleet command, resolved: inventory, limit, options."""
+
+    inventory: Path | None
+    limit: str | None
+    opts: ConnectOptions
+    json_output: bool = False
+
+    def hosts(self, pattern: str) -> list[Host]:
+        """Return the hosts pattern selects, narrowed by --limit."""
+        return select(self.inventory, pattern, self.limit)
+
+    def run(self, hosts: list[Host], work, title: str) -> None:
+        """Run work on hosts with a live view and a recap; exit with the status."""
+        run_fleet(hosts, work, self.opts, self.json_output, title)
+
+
+def fleet_command(*, timeout: float = 60.0, json_output: bool = True):
+    """Give a command the common fleet flags and pass them as ``fleet: FleetArgs``.
+
+    Typer reads a command's flags from its signature, so the wrapper's signature
+    is the command's own parameters (without ``fleet``) followed by the shared
+    ones; every fleet command then takes -i, --limit, --forks and the rest alike.
+    """
+    common = [
+        ("inventory", InventoryOpt, None),
+        ("limit", LimitOpt, None),
+        ("forks", ForksOpt, 50),
+        ("connect_timeout", ConnectTimeoutOpt, 10.0),
+        ("timeout", TimeoutOpt, timeout),
+        ("accept_new_host_keys", AcceptKeysOpt, False),
+        ("become", BecomeOpt, None),
+    ]
+    if json_output:
+        common.append(("json_output", JsonOpt, False))
+
+    def decorate(func):
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.name != "fleet"
+        ]
+        shared = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=annotation,
+            )
+            for name, annotation, default in common
+        ]
+
+        @functools.wraps(func)
+        def command(**kwargs):
+            flags = {name: kwargs.pop(name) for name, _, _ in common}
+            fleet = FleetArgs(
+                inventory=flags["inventory"],
+                limit=flags["limit"],
+                opts=connect_options(
+                    flags["forks"],
+                    flags["connect_timeout"],
+                    flags["timeout"],
+                    flags["accept_new_host_keys"],
+                    flags["become"],
+                ),
+                json_output=flags.get("json_output", False),
+            )
+            return func(fleet=fleet, **kwargs)
+
+        del command.__wrapped__
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        command.__signature__ = inspect.Signature(params + shared)
+        command.__annotations__ = {p.name: p.annotation for p in params + shared}
+        return command
+
+    return decorate

@@ -15,18 +15,7 @@ from typing import Annotated
 import typer
 
 from mockerops.appspec import AppSpec, load_appspec
-from mockerops.cli_common import (
-    AcceptKeysOpt,
-    BecomeOpt,
-    ConnectTimeoutOpt,
-    ForksOpt,
-    InventoryOpt,
-    JsonOpt,
-    LimitOpt,
-    TimeoutOpt,
-    connect_options,
-    load,
-)
+from mockerops.cli_common import FleetArgs, fleet_command, load
 from mockerops.connection import ConnectOptions
 from mockerops.errors import DeployError
 from mockerops.fleet import (
@@ -217,19 +206,18 @@ async def _planned_image(session, app: AppSpec, host: Host) -> str:
     )
 
 
-def _run(
-    app_path: Path, inventory, limit, opts: ConnectOptions, json_output: bool, **kwargs
-) -> None:
+def _run(app_path: Path, fleet: FleetArgs, **kwargs) -> None:
     """Load the app, deploy it, print the recap and exit with the summed status."""
     app = load_appspec(str(app_path))
-    hosts = _hosts(app, inventory, limit)
-    with make_reporter(json_output) as reporter:
-        results = asyncio.run(_deploy(app, hosts, opts, reporter, **kwargs))
+    hosts = _hosts(app, fleet.inventory, fleet.limit)
+    with make_reporter(fleet.json_output) as reporter:
+        results = asyncio.run(_deploy(app, hosts, fleet.opts, reporter, **kwargs))
         reporter.stop()
         reporter.recap(results)
     raise typer.Exit(exit_code(results))
 
 
+@fleet_command(timeout=3600.0)
 def deploy(
     app_path: AppArg,
     check: Annotated[
@@ -241,25 +229,13 @@ def deploy(
     verbose_steps: Annotated[
         bool, typer.Option("--steps", help="Print every deploy step per host.")
     ] = False,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 3600.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Roll an app out to its hosts: build, start, health-check, switch, retire."""
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
     _run(
         app_path,
-        inventory,
-        limit,
-        opts,
-        json_output,
+        fleet,
         no_cache=no_cache,
         check=check,
         rollback=False,
@@ -267,27 +243,16 @@ def deploy(
     )
 
 
+@fleet_command(timeout=3600.0)
 def rollback(
     app_path: AppArg,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 3600.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Put back the version each host ran before the last deploy, in batches."""
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
     _run(
         app_path,
-        inventory,
-        limit,
-        opts,
-        json_output,
+        fleet,
         no_cache=False,
         check=False,
         rollback=True,
@@ -295,26 +260,18 @@ def rollback(
     )
 
 
+@fleet_command(timeout=60.0)
 def status(
     app_path: AppArg,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 60.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Show what of the app runs where, its version and whether it is healthy."""
     from mockerops.health import probe
     from mockerops.rollout import list_app
 
     app = load_appspec(str(app_path))
-    hosts = _hosts(app, inventory, limit)
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
+    hosts = _hosts(app, fleet.inventory, fleet.limit)
     checks = {c.name: c.healthcheck for c in app.containers}
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
@@ -350,30 +307,19 @@ def status(
             f"{len(containers)} container(s) healthy, version {version}",
         )
 
-    from mockerops.cli_common import run_fleet
-
-    run_fleet(hosts, work, opts, json_output, f"Status of {app.name}")
+    fleet.run(hosts, work, f"Status of {app.name}")
 
 
+@fleet_command(timeout=60.0)
 def unlock(
     app_path: AppArg,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 60.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Break the app's deploy lock on hosts (after a controller was killed)."""
-    from mockerops.cli_common import run_fleet
 
     app = load_appspec(str(app_path))
-    hosts = _hosts(app, inventory, limit)
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
+    hosts = _hosts(app, fleet.inventory, fleet.limit)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         session = await ctx.agent()
@@ -382,29 +328,20 @@ def unlock(
             return HostResult(ctx.host.name, Status.OK, "not locked")
         return HostResult(ctx.host.name, Status.CHANGED, "Unlocked")
 
-    run_fleet(hosts, work, opts, json_output, f"Unlock {app.name}")
+    fleet.run(hosts, work, f"Unlock {app.name}")
 
 
+@fleet_command(timeout=300.0)
 def remove(
     app_path: AppArg,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 300.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Stop and remove every container of the app and its published ports."""
-    from mockerops.cli_common import run_fleet
     from mockerops.rollout import DeployOptions, DeployLease, list_app, remove_container
 
     app = load_appspec(str(app_path))
-    hosts = _hosts(app, inventory, limit)
-    opts = connect_options(
-        forks, connect_timeout, timeout, accept_new_host_keys, become
-    )
+    hosts = _hosts(app, fleet.inventory, fleet.limit)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         session = await ctx.agent()
@@ -421,7 +358,7 @@ def remove(
             f"Removed: {len(containers)} container(s) of {app.name}",
         )
 
-    run_fleet(hosts, work, opts, json_output, f"Remove {app.name}")
+    fleet.run(hosts, work, f"Remove {app.name}")
 
 
 def register(app: typer.Typer) -> None:

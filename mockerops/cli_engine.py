@@ -19,26 +19,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mockerops.cli_common import (
-    AcceptKeysOpt,
-    BecomeOpt,
-    ConnectTimeoutOpt,
-    ForksOpt,
-    InventoryOpt,
-    JsonOpt,
-    LimitOpt,
-    TimeoutOpt,
-    connect_options,
-    run_fleet,
-    select,
-)
+from mockerops.cli_common import FleetArgs, fleet_command
 from mockerops.connection import ConnectOptions
 from mockerops.errors import MockeropsError
 from mockerops.fleet import HostContext, HostResult, Status, run_on_hosts
 from mockerops.report import Reporter, exit_code
 
-PatternArg = Annotated[str, typer.Argument(help="Host pattern, e.g. 'lab1' or 'web*'.")]
-ContainerArg = Annotated[str, typer.Argument(help="Container name or id.")]
+PatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern, e.g. 'lab1' or 'web*'.")]
+ContainerArg = Annotated[str, typer.Argument(metavar="CONTAINER", help="Container name or id.")]
 
 container_app = typer.Typer(
     help="Manage containers (run, ls, stop, start, restart, rm, inspect, prune).",
@@ -46,16 +34,11 @@ container_app = typer.Typer(
 )
 
 
-def _opts(forks, connect_timeout, timeout, accept, become) -> ConnectOptions:
-    return connect_options(forks, connect_timeout, timeout, accept, become)
-
-
 def _call_each(
+    fleet: FleetArgs,
     hosts,
-    opts: ConnectOptions,
     method: str,
     params: dict,
-    json_output: bool,
     title: str,
     describe: Callable[[Any], tuple[Status, str]] | None = None,
 ) -> None:
@@ -67,7 +50,7 @@ def _call_each(
         status, message = describe(result) if describe else (Status.CHANGED, "")
         return HostResult(ctx.host.name, status, message, data=result)
 
-    run_fleet(hosts, work, opts, json_output, title)
+    fleet.run(hosts, work, title)
 
 
 def _gather(hosts, opts: ConnectOptions, method: str, params: dict) -> list[HostResult]:
@@ -93,7 +76,7 @@ def _print_table(columns: list[str], rows: list[list[str]]) -> None:
     Console(highlight=False, soft_wrap=True).print(table)
 
 
-def _finish(results: list[HostResult], json_output: bool) -> None:
+def _finish(results: list[HostResult]) -> None:
     """Report hosts that failed to answer on stderr and exit with the summed status."""
     err = Console(stderr=True, highlight=False)
     for r in results:
@@ -127,9 +110,10 @@ def _ports(container: dict) -> str:
 # ---- images -----------------------------------------------------------------
 
 
+@fleet_command(timeout=3600.0)
 def build(
     pattern: PatternArg,
-    mockerfile: Annotated[Path, typer.Argument(help="The Mockerfile to build.")],
+    mockerfile: Annotated[Path, typer.Argument(metavar="MOCKERFILE", help="The Mockerfile to build.")],
     tag: Annotated[Optional[str], typer.Option("-t", "--tag", help="name:tag")] = None,
     context: Annotated[
         Optional[Path], typer.Option("--context", "-C", help="Build context dir.")
@@ -138,20 +122,13 @@ def build(
         List[str], typer.Option("--build-arg", help="ARG value, KEY=VALUE.")
     ] = [],
     no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 3600.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Build an image from a Mockerfile on every selected host."""
     from mockerops.build import build_image
 
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    hosts = fleet.hosts(pattern)
     args = _parse_kv(build_arg, "--build-arg")
     context_dir = context or mockerfile.parent
 
@@ -169,7 +146,7 @@ def build(
                     ctx.host.name,
                     f"{mark}step {data.get('step')}: {data.get('instruction')}",
                 )
-            elif event == "output" and blob and not json_output:
+            elif event == "output" and blob and not fleet.json_output:
                 reporter.host_output(
                     ctx.host.name, blob.decode("utf-8", "replace").rstrip("\n")
                 )
@@ -191,7 +168,7 @@ def build(
         )
         return HostResult(ctx.host.name, status, message, data=manifest)
 
-    run_fleet(hosts, work, opts, json_output, f"Build {mockerfile}")
+    fleet.run(hosts, work, f"Build {mockerfile}")
 
 
 def _parse_kv(items: list[str], flag: str) -> dict[str, str]:
@@ -205,22 +182,16 @@ def _parse_kv(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+@fleet_command(timeout=60.0)
 def images(
     pattern: PatternArg,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 60.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """List images on every selected host."""
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
-    results = _gather(hosts, opts, "image.list", {})
-    if json_output:
+    hosts = fleet.hosts(pattern)
+    results = _gather(hosts, fleet.opts, "image.list", {})
+    if fleet.json_output:
         print(json.dumps({r.host: r.data for r in results if r.data is not None}))
     else:
         rows = []
@@ -238,7 +209,7 @@ def images(
                         ]
                     )
         _print_table(["HOST", "IMAGE", "ID", "CREATED", "SIZE"], rows)
-    _finish(results, json_output)
+    _finish(results)
 
 
 def _size(n: int | None) -> str:
@@ -253,27 +224,19 @@ def _size(n: int | None) -> str:
     return f"{value:.3g}TB"
 
 
+@fleet_command(timeout=120.0)
 def rmi(
     pattern: PatternArg,
-    image: Annotated[str, typer.Argument(help="Image name:tag or id.")],
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 120.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image name:tag or id.")],
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Remove an image (refused while a container uses it)."""
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
     _call_each(
-        hosts,
-        opts,
+        fleet,
+        fleet.hosts(pattern),
         "image.rm",
         {"ref": image},
-        json_output,
         f"Remove image {image}",
         lambda r: (Status.CHANGED, f"Removed: {image}"),
     )
@@ -282,11 +245,12 @@ def rmi(
 # ---- containers -------------------------------------------------------------
 
 
+@fleet_command(timeout=120.0)
 def container_run(
     pattern: PatternArg,
-    image: Annotated[str, typer.Argument(help="Image name:tag or id.")],
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image name:tag or id.")],
     command: Annotated[
-        Optional[List[str]], typer.Argument(help="Command, after --.")
+        Optional[List[str]], typer.Argument(metavar="COMMAND", help="Command, after --.")
     ] = None,
     name: Annotated[
         Optional[str], typer.Option("--name", help="Container name.")
@@ -309,18 +273,11 @@ def container_run(
     cpus: Annotated[Optional[float], typer.Option("--cpus")] = None,
     pids_limit: Annotated[Optional[int], typer.Option("--pids-limit")] = None,
     label: Annotated[List[str], typer.Option("--label", "-L", help="KEY=VALUE")] = [],
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 120.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Create and start a container (detached) on every selected host."""
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    hosts = fleet.hosts(pattern)
     params = {
         "image": image,
         "name": name,
@@ -344,7 +301,7 @@ def container_run(
         message = f"Started: {c['name']} {c['id'][:12]} ip {c.get('ip') or '-'}"
         return HostResult(ctx.host.name, Status.CHANGED, message, data=c)
 
-    run_fleet(hosts, work, opts, json_output, f"Run {image}")
+    fleet.run(hosts, work, f"Run {image}")
 
 
 def _strip_dashes(command: list[str] | None) -> list[str]:
@@ -355,25 +312,19 @@ def _strip_dashes(command: list[str] | None) -> list[str]:
     return command
 
 
+@fleet_command(timeout=60.0)
 def ps(
-    pattern: Annotated[str, typer.Argument(help="Host pattern.")] = "all",
+    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern.")] = "all",
     all_: Annotated[
         bool, typer.Option("-a", "--all", help="Show stopped too.")
     ] = False,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 60.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """List containers on every selected host (running ones; -a for all)."""
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
-    results = _gather(hosts, opts, "container.list", {"all": all_})
-    if json_output:
+    hosts = fleet.hosts(pattern)
+    results = _gather(hosts, fleet.opts, "container.list", {"all": all_})
+    if fleet.json_output:
         print(json.dumps({r.host: r.data for r in results if r.data is not None}))
     else:
         rows = []
@@ -400,41 +351,33 @@ def ps(
         _print_table(
             ["HOST", "CONTAINER ID", "NAME", "IMAGE", "STATUS", "IP", "PORTS"], rows
         )
-    _finish(results, json_output)
+    _finish(results)
 
 
 def _simple_verb(method: str, verb: str, extra: Callable[..., dict] | None = None):
     """Make a command that calls method with the container name on each host."""
 
+    @fleet_command(timeout=120.0)
     def command(
         pattern: PatternArg,
         container: ContainerArg,
-        inventory: InventoryOpt = None,
-        limit: LimitOpt = None,
-        forks: ForksOpt = 50,
-        connect_timeout: ConnectTimeoutOpt = 10.0,
-        timeout: TimeoutOpt = 120.0,
-        accept_new_host_keys: AcceptKeysOpt = False,
-        become: BecomeOpt = None,
-        json_output: JsonOpt = False,
         stop_timeout: Annotated[
             float, typer.Option("-t", "--time", help="Seconds before SIGKILL.")
         ] = 10.0,
         force: Annotated[bool, typer.Option("-f", "--force")] = False,
+        *,
+        fleet: FleetArgs,
     ) -> None:
-        hosts = select(inventory, pattern, limit)
-        opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
         params = {"name": container}
         if method in ("container.stop", "container.restart"):
             params["timeout"] = stop_timeout
         if method == "container.rm":
             params["force"] = force
         _call_each(
-            hosts,
-            opts,
+            fleet,
+            fleet.hosts(pattern),
             method,
             params,
-            json_output,
             f"{verb} {container}",
             lambda r: (Status.CHANGED, f"{verb}: {container}"),
         )
@@ -445,21 +388,16 @@ def _simple_verb(method: str, verb: str, extra: Callable[..., dict] | None = Non
     return command
 
 
+@fleet_command(timeout=60.0, json_output=False)
 def inspect(
     pattern: PatternArg,
     container: ContainerArg,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 60.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Show a container's full record as JSON, per host."""
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
-    results = _gather(hosts, opts, "container.inspect", {"name": container})
+    hosts = fleet.hosts(pattern)
+    results = _gather(hosts, fleet.opts, "container.inspect", {"name": container})
     print(
         json.dumps(
             {r.host: r.data for r in results if r.data is not None},
@@ -467,23 +405,17 @@ def inspect(
             sort_keys=True,
         )
     )
-    _finish(results, False)
+    _finish(results)
 
 
+@fleet_command(timeout=300.0)
 def prune(
     pattern: PatternArg,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 300.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
-    json_output: JsonOpt = False,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Remove stopped containers, then images and layers nothing uses."""
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    hosts = fleet.hosts(pattern)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         agent = await ctx.agent()
@@ -496,26 +428,23 @@ def prune(
             data={"containers": containers, "images": images},
         )
 
-    run_fleet(hosts, work, opts, json_output, "Prune")
+    fleet.run(hosts, work, "Prune")
 
 
 # ---- logs and exec: streaming -----------------------------------------------
 
 
+@fleet_command(timeout=300.0, json_output=False)
 def logs(
     pattern: PatternArg,
     container: ContainerArg,
     follow: Annotated[bool, typer.Option("-f", "--follow")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0)] = None,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Print a container's output (stdout and stderr); --follow keeps streaming."""
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(len(hosts), connect_timeout, 60.0, accept_new_host_keys, become)
+    hosts = fleet.hosts(pattern)
     prefix = len(hosts) > 1
 
     async def work(ctx: HostContext) -> HostResult:
@@ -531,14 +460,19 @@ def logs(
             on_event=on_event,
         )
         await agent.drain()
-        await handle.result(timeout=None if follow else 300.0)
+        if follow:
+            # Streams until the container stops or Ctrl-C; SSH keepalives
+            # (15 s, 4 misses) end it if the host goes away.
+            await handle.future
+        else:
+            await handle.result(fleet.opts.call_timeout)
         return HostResult(ctx.host.name, Status.OK)
 
-    results = _stream_hosts(hosts, work, opts)
-    _finish(results, False)
+    results = _stream_hosts(hosts, work, fleet.opts)
+    _finish(results)
 
 
-def _stream_hosts(hosts, work, opts) -> list[HostResult]:
+def _stream_hosts(hosts, work, opts: ConnectOptions) -> list[HostResult]:
     """Run streaming work on hosts; Ctrl-C ends the stream quietly."""
     quiet = Reporter(out=open(os.devnull, "w"))
     try:
@@ -559,10 +493,11 @@ def _write_output(host: str | None, data: Any, blob: bytes) -> None:
     stream.flush()
 
 
+@fleet_command(timeout=3600.0, json_output=False)
 def exec_(
     pattern: PatternArg,
     container: ContainerArg,
-    command: Annotated[List[str], typer.Argument(help="Command and its arguments.")],
+    command: Annotated[List[str], typer.Argument(metavar="COMMAND", help="Command and its arguments.")],
     tty: Annotated[bool, typer.Option("-t", "--tty", help="Allocate a PTY.")] = False,
     interactive: Annotated[
         bool, typer.Option("--interactive", help="Keep stdin open (implied by -t).")
@@ -570,20 +505,14 @@ def exec_(
     env: Annotated[List[str], typer.Option("-e", "--env", help="KEY=VALUE")] = [],
     workdir: Annotated[Optional[str], typer.Option("-w", "--workdir")] = None,
     user: Annotated[Optional[str], typer.Option("-u", "--user")] = None,
-    inventory: InventoryOpt = None,
-    limit: LimitOpt = None,
-    forks: ForksOpt = 50,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    timeout: TimeoutOpt = 3600.0,
-    accept_new_host_keys: AcceptKeysOpt = False,
-    become: BecomeOpt = None,
+    *,
+    fleet: FleetArgs,
 ) -> None:
     """Run a command in a running container; its exit status is passed through."""
     argv = _strip_dashes(command)
     if not argv:
         raise MockeropsError("exec: no command given", hint="add it after --")
-    hosts = select(inventory, pattern, limit)
-    opts = _opts(forks, connect_timeout, timeout, accept_new_host_keys, become)
+    hosts = fleet.hosts(pattern)
     if (tty or interactive) and len(hosts) > 1:
         raise MockeropsError(
             f"exec -t/--interactive needs one host; the pattern selects {len(hosts)}"
@@ -610,14 +539,14 @@ def exec_(
         )
         await agent.drain()
         if tty or interactive:
-            result = await _pump_stdin(handle, tty, timeout)
+            result = await _pump_stdin(handle, tty, fleet.opts.call_timeout)
         else:
-            result = await handle.result(timeout)
+            result = await handle.result(fleet.opts.call_timeout)
         rc = int(result.get("exit_code", -1))
         status = Status.OK if rc == 0 else Status.FAILED
         return HostResult(ctx.host.name, status, f"exit {rc}", data={"exit_code": rc})
 
-    results = _stream_hosts(hosts, work, opts)
+    results = _stream_hosts(hosts, work, fleet.opts)
     err = Console(stderr=True, highlight=False)
     for r in results:
         if r.status is Status.UNREACHABLE or (

@@ -61,8 +61,9 @@ def up(
 ) -> None:
     """Create the lab, or repair and resize it, and write its inventory."""
     with _reported():
-        info = lab_up(name=name, n=hosts, subnet=subnet, lab_dir=lab_dir,
-                      inventory_path=inventory)
+        info = lab_up(
+            name=name, n=hosts, subnet=subnet, lab_dir=lab_dir, inventory_path=inventory
+        )
     for action in info.actions:
         typer.echo(f"{action.verb.capitalize()}: {action.host} {action.address}")
     typer.echo(f"Inventory: {info.inventory_path}")
