@@ -68,6 +68,11 @@ def load(given: Path | None) -> Inventory:
     """Load the inventory, with a remedy when the default is missing."""
     path = inventory_path(given)
     if given is None and not path.exists():
+        if os.environ.get("MOCKEROPS_INVENTORY"):
+            raise InventoryError(
+                f"MOCKEROPS_INVENTORY names {path}, which does not exist",
+                hint="fix MOCKEROPS_INVENTORY or pass -i FILE",
+            )
         raise InventoryError(
             f"no inventory given and {path} does not exist",
             hint="pass -i FILE, set MOCKEROPS_INVENTORY, or run 'mockerops lab up'",

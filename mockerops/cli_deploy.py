@@ -208,8 +208,16 @@ async def _planned_image(session, app: AppSpec, host: Host) -> str:
 
 def _run(app_path: Path, fleet: FleetArgs, **kwargs) -> None:
     """Load the app, deploy it, print the recap and exit with the summed status."""
+    from mockerops.build import check_mockerfile
+
     app = load_appspec(str(app_path))
     hosts = _hosts(app, fleet.inventory, fleet.limit)
+    # Bad Mockerfiles are bad input: report them before touching any host (a
+    # rollback builds nothing, so the current Mockerfile cannot block it).
+    for host in [] if kwargs.get("rollback") else hosts:
+        check_mockerfile(app.image.mockerfile, app.image.context, host=host.name,
+                         variables={**host.vars, **app.vars},
+                         build_args=app.image.build_args)
     with make_reporter(fleet.json_output) as reporter:
         results = asyncio.run(_deploy(app, hosts, fleet.opts, reporter, **kwargs))
         reporter.stop()

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
@@ -23,7 +24,7 @@ from mockerops.cli_common import FleetArgs, fleet_command
 from mockerops.connection import ConnectOptions
 from mockerops.errors import MockeropsError
 from mockerops.fleet import HostContext, HostResult, Status, run_on_hosts
-from mockerops.report import Reporter, exit_code
+from mockerops.report import EXIT_INTERRUPTED, Reporter, exit_code
 
 PatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern, e.g. 'lab1' or 'web*'.")]
 ContainerArg = Annotated[str, typer.Argument(metavar="CONTAINER", help="Container name or id.")]
@@ -78,7 +79,7 @@ def _print_table(columns: list[str], rows: list[list[str]]) -> None:
 
 def _finish(results: list[HostResult]) -> None:
     """Report hosts that failed to answer on stderr and exit with the summed status."""
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in results:
         if r.status in (Status.FAILED, Status.UNREACHABLE):
             err.print(
@@ -87,8 +88,13 @@ def _finish(results: list[HostResult]) -> None:
     raise typer.Exit(exit_code(results))
 
 
-def _age(ts: float | None) -> str:
-    """Return '5 minutes ago'-style text for a UNIX time."""
+def _age(ts: float | str | None) -> str:
+    """Return '5 minutes ago'-style text for a UNIX time or an RFC 3339 stamp."""
+    if isinstance(ts, str):
+        try:
+            ts = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return ts
     if not ts:
         return ""
     secs = max(0, int(time.time() - ts))
@@ -128,9 +134,15 @@ def build(
     """Build an image from a Mockerfile on every selected host."""
     from mockerops.build import build_image
 
+    from mockerops.build import check_mockerfile
+
     hosts = fleet.hosts(pattern)
     args = _parse_kv(build_arg, "--build-arg")
     context_dir = context or mockerfile.parent
+    # Bad Mockerfiles are bad input: report them before connecting to anything.
+    for host in hosts:
+        check_mockerfile(mockerfile, context_dir, host=host.name,
+                         variables=host.vars, build_args=args)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         agent = await ctx.agent()
@@ -336,7 +348,7 @@ def ps(
                         f"exited ({c.get('exit_code')}) {_age(c.get('finished_at'))}"
                     )
                 elif status == "running":
-                    status = f"up since {_age(c.get('started_at'))}"
+                    status = "up " + _age(c.get("started_at")).removesuffix(" ago")
                 rows.append(
                     [
                         r.host,
@@ -378,7 +390,7 @@ def _simple_verb(method: str, verb: str, extra: Callable[..., dict] | None = Non
             fleet.hosts(pattern),
             method,
             params,
-            f"{verb} {container}",
+            f"{method.split('.')[1].capitalize()} {container}",
             lambda r: (Status.CHANGED, f"{verb}: {container}"),
         )
 
@@ -473,12 +485,17 @@ def logs(
 
 
 def _stream_hosts(hosts, work, opts: ConnectOptions) -> list[HostResult]:
-    """Run streaming work on hosts; Ctrl-C ends the stream quietly."""
+    """Run streaming work on hosts; Ctrl-C ends it with status 130.
+
+    Closing the connections on the way out ends the agent's calls, which stops
+    a followed log and kills a command started by exec.
+    """
     quiet = Reporter(out=open(os.devnull, "w"))
     try:
         return asyncio.run(run_on_hosts(hosts, work, opts, quiet))
     except KeyboardInterrupt:
-        raise typer.Exit(0)
+        Console(stderr=True, highlight=False, soft_wrap=True).print("interrupted", style="red")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _write_output(host: str | None, data: Any, blob: bytes) -> None:
@@ -547,7 +564,7 @@ def exec_(
         return HostResult(ctx.host.name, status, f"exit {rc}", data={"exit_code": rc})
 
     results = _stream_hosts(hosts, work, fleet.opts)
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in results:
         if r.status is Status.UNREACHABLE or (
             r.status is Status.FAILED and r.data is None
@@ -580,11 +597,27 @@ async def _pump_stdin(handle, tty: bool, timeout: float) -> dict:
         if not data:
             loop.remove_reader(fd)
 
-    loop.add_reader(fd, readable)
+    async def copy_blocking() -> None:
+        # Regular files and /dev/null cannot be watched by epoll: read them
+        # in a thread instead.
+        while True:
+            data = await loop.run_in_executor(None, os.read, fd, 65536)
+            handle.send_stdin(data)
+            if not data:
+                return
+
+    pump = None
+    try:
+        loop.add_reader(fd, readable)
+    except (PermissionError, ValueError, OSError):
+        pump = asyncio.ensure_future(copy_blocking())
     try:
         return await handle.result(timeout)
     finally:
-        loop.remove_reader(fd)
+        if pump is None:
+            loop.remove_reader(fd)
+        else:
+            pump.cancel()
         if saved is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 

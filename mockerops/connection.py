@@ -96,7 +96,15 @@ async def connect(host: Host, opts: ConnectOptions) -> asyncssh.SSHClientConnect
     if host.user:
         kwargs["username"] = host.user
     if host.key_file:
-        kwargs["client_keys"] = [str(Path(host.key_file).expanduser())]
+        key = Path(host.key_file).expanduser()
+        if not key.is_file():
+            raise ConnectionFailed(
+                host.name,
+                f"private key {key} does not exist",
+                hint="check ansible_ssh_private_key_file in the inventory "
+                "(a lab's key is removed by 'mockerops lab down')",
+            )
+        kwargs["client_keys"] = [str(key)]
     where = f"{host.address}:{host.port}"
     try:
         conn, _ = await asyncio.wait_for(
@@ -202,7 +210,7 @@ class AgentSession:
         """Start the agent process; return False when the file is missing."""
         q = shlex.quote
         script = (
-            f"if [ -f {q(path)} ]; then exec python3 {q(path)} serve "
+            f"if [ -f {q(path)} ]; then exec python3 -S {q(path)} serve "
             f"{q(self.host.root)}; else echo {NO_AGENT.decode()}; fi"
         )
         self._proc = await self._deadline(

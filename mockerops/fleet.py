@@ -99,7 +99,7 @@ async def open_hosts(
                 conn = await connect(host, opts)
             except ConnectionFailed as exc:
                 failures[host.name] = HostResult(
-                    host.name, Status.UNREACHABLE, str(exc)
+                    host.name, Status.UNREACHABLE, why(host.name, exc)
                 )
                 if on_event:
                     on_event(host.name, "unreachable")
@@ -131,7 +131,7 @@ async def run_on_hosts(
             try:
                 conn = await connect(host, opts)
             except ConnectionFailed as exc:
-                result = HostResult(host.name, Status.UNREACHABLE, str(exc))
+                result = HostResult(host.name, Status.UNREACHABLE, why(host.name, exc))
                 reporter.host_result(result)
                 return result
             ctx = HostContext(host, conn, opts)
@@ -150,6 +150,13 @@ async def guarded(ctx: HostContext, work: Work) -> HostResult:
     try:
         return await work(ctx)
     except ConnectionFailed as exc:
-        return HostResult(ctx.host.name, Status.UNREACHABLE, str(exc))
+        return HostResult(ctx.host.name, Status.UNREACHABLE, why(ctx.host.name, exc))
     except MockeropsError as exc:
-        return HostResult(ctx.host.name, Status.FAILED, str(exc))
+        return HostResult(ctx.host.name, Status.FAILED, why(ctx.host.name, exc))
+
+
+def why(host: str, exc: MockeropsError) -> str:
+    """Return an error's text for a host's result line, without the host's name."""
+    text = str(exc)
+    prefix = f"{host}: "
+    return text[len(prefix):] if text.startswith(prefix) else text

@@ -165,7 +165,16 @@ def split_pattern(pattern: str) -> list[str]:
         if is_ipv6(piece.lstrip("&!")):
             terms.append(piece)
         else:
-            terms.extend(_TERM.findall(piece))
+            found = _TERM.findall(piece)
+            # findall skips what no term can hold (a lone "[" or "]"), which
+            # would quietly widen a mistyped pattern: refuse it instead.
+            if _TERM.sub("", piece).strip(":"):
+                raise InventoryError(
+                    f"pattern {pattern!r}: unbalanced '[' or ']' in {piece!r}",
+                    hint="close the subscript (web[0], web[1:3]) or, in a ~regex, "
+                    "escape the bracket as \\[",
+                )
+            terms.extend(found)
     return terms
 
 

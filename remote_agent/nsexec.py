@@ -34,12 +34,14 @@ def agent_argv(*args):
 
     home = os.path.dirname(os.path.dirname(os.path.abspath(remote_agent.__file__)))
     env = dict(os.environ)
+    # -S skips site: the agent needs only the standard library, and site's
+    # .pth processing costs a new interpreter more than all else it does.
     if os.path.isfile(home):
         # Running from the zipapp: start the same archive.
-        return [sys.executable, home] + list(args), env
+        return [sys.executable, "-S", home] + list(args), env
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = home + (os.pathsep + path if path else "")
-    return [sys.executable, "-m", "remote_agent"] + list(args), env
+    return [sys.executable, "-S", "-m", "remote_agent"] + list(args), env
 
 
 def exit_code(status):

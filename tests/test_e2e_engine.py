@@ -181,7 +181,7 @@ def test_bad_mockerfiles_name_file_and_line(
     (tmp_path / "Mockerfile").write_text(mockerfile)
     proc = mockerops("build", "-i", inv, name, tmp_path / "Mockerfile")
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    assert proc.returncode == 4, "bad input, found before connecting"
     assert "Mockerfile:2" in text and expected in text, text
     assert "Traceback" not in text
 
@@ -275,6 +275,18 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
             "exec", "-i", inv, name, "web", "--", "sh", "-c", "echo out; exit 7"
         )
         assert rc.returncode == 7 and rc.stdout.strip() == "out"
+        with open(__file__, "rb") as stdin:
+            fed = subprocess.run(
+                [sys.executable, "-m", "mockerops", "exec", "--interactive", "-i",
+                 str(inv), name, "web", "--", "wc", "-c"],
+                stdin=stdin, capture_output=True, text=True, timeout=60)
+        assert fed.returncode == 0, fed.stdout + fed.stderr
+        assert int(fed.stdout.split()[0]) == Path(__file__).stat().st_size
+
+        listing = mockerops("ps", "-i", inv, name, "-a", check=True)
+        assert "web" in listing.stdout and " up " in listing.stdout
+        images = mockerops("images", "-i", inv, name, check=True)
+        assert "app:1" in images.stdout and "ago" in images.stdout
 
         for _ in range(3):
             mockerops(

@@ -80,6 +80,9 @@ def test_patterns_select_hosts(inv, pattern, expected):
         ("web[5]", "asks for host 5 of 2"),
         ("web:&prod,db", "'web:&prod' names no host or group"),
         ("~eb", "pattern '~eb' matches no host"),
+        ("~web[", "unbalanced '[' or ']' in '~web['"),
+        ("web[1:", "unbalanced '[' or ']' in 'web[1:'"),
+        ("web]:db", "unbalanced '[' or ']' in 'web]:db'"),
     ],
 )
 def test_bad_patterns(inv, pattern, shown):
