@@ -196,7 +196,7 @@ async def _planned_image(session, app: AppSpec, host: Host) -> str:
     """Return the image id a build would produce, building nothing."""
     from mockerops.build import planned_image_id
 
-    return await planned_image_id(
+    planned = await planned_image_id(
         session,
         app.image.mockerfile,
         app.image.context,
@@ -204,6 +204,9 @@ async def _planned_image(session, app: AppSpec, host: Host) -> str:
         variables={**host.vars, **app.vars},
         build_args=app.image.build_args,
     )
+    # None: some layer is not on the host yet, so the id is known only after
+    # the build; the plan then shows the image as to be built.
+    return planned or "(to be built)"
 
 
 def _run(app_path: Path, fleet: FleetArgs, **kwargs) -> None:

@@ -128,6 +128,9 @@ class Server:
         try:
             handler = HANDLERS.get(method)
             if handler is None:
+                load_handlers()
+                handler = HANDLERS.get(method)
+            if handler is None:
                 raise AgentError("agent has no method %r" % method)
             result = handler(ctx, **params)
             reply = {"id": ctx.call_id, "ok": True, "result": result}
@@ -171,13 +174,21 @@ def hello_data(root):
     }
 
 
+_load_lock = threading.Lock()
+
+
 def load_handlers():
-    """Import every rpc_* module of this package so its handlers register."""
+    """Import every rpc_* module of this package so its handlers register.
+
+    Called on the first call of a method not registered yet: an agent that only
+    answers a ping never pays for importing the container engine.
+    """
     import remote_agent
 
-    for info in pkgutil.iter_modules(remote_agent.__path__):
-        if info.name.startswith("rpc_"):
-            importlib.import_module("remote_agent." + info.name)
+    with _load_lock:
+        for info in pkgutil.iter_modules(remote_agent.__path__):
+            if info.name.startswith("rpc_"):
+                importlib.import_module("remote_agent." + info.name)
 
 
 def main(argv):
@@ -190,7 +201,7 @@ def main(argv):
     os.dup2(devnull, 0)
     os.close(devnull)
     sys.stdout = sys.stderr
-    load_handlers()
+    importlib.import_module("remote_agent.rpc_system")
     outfile = os.fdopen(out_fd, "wb", buffering=0)
     infile = os.fdopen(in_fd, "rb", buffering=0)
     Server(root, infile, outfile).serve()
