@@ -5,8 +5,10 @@
     await build_image(session, ...)   upload missing blobs, build, return the manifest
 
 Only files a COPY (or a FROM tarball) names go into the context manifest, and only
-blobs the host says it lacks cross the wire. File digests are cached in
-~/.cache/mockerops/digests.json, reused only while a file's stat is unchanged.
+blobs the host says it lacks cross the wire. A RUN step that fails on the host
+is reported as a MockerfileError naming the Mockerfile's file:line. File digests
+are cached in ~/.cache/mockerops/digests.json, reused only while a file's stat is
+unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from mockerops.errors import MockerfileError
+from mockerops.errors import AgentCallError, MockerfileError
 from mockerops.mockerfile import Instruction, base_kind, parse, render, resolve
 
 log = logging.getLogger(__name__)
@@ -332,8 +334,35 @@ async def build_image(session, mockerfile, context_dir, *, host: str,
 
     params = {"steps": plan.steps(), "context": plan.context, "tag": tag,
               "no_cache": no_cache, "build_args": dict(build_args or {})}
-    return await session.call("image.build", params, timeout=timeout,
-                              on_event=on_event)
+    try:
+        return await session.call("image.build", params, timeout=timeout,
+                                  on_event=on_event)
+    except AgentCallError as exc:
+        failed = failed_step_error(plan, exc)
+        if failed is None:
+            raise
+        raise failed from None
+
+
+def failed_step_error(plan: BuildPlan, exc: AgentCallError) -> MockerfileError | None:
+    """Return a failed RUN step as an error naming its Mockerfile file:line.
+
+    The agent numbers steps from 1, one per instruction sent, so step n is
+    ``plan.instructions[n - 1]``. Return None for any other agent error.
+    """
+    step = exc.details.get("step")
+    if exc.kind != "command_failed" or not isinstance(step, int):
+        return None
+    if not 1 <= step <= len(plan.instructions):
+        return None
+    ins = plan.instructions[step - 1]
+    instruction = exc.details.get("instruction") or ins.name
+    message = (f"{plan.mockerfile}:{ins.line}: {instruction} exited "
+               f"{exc.details.get('returncode')}")
+    output = exc.details.get("output") or ""
+    if output:
+        message += f"; last output:\n{output}"
+    return MockerfileError(message)
 
 
 async def planned_image_id(session, mockerfile, context_dir, *, host: str,

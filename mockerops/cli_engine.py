@@ -26,8 +26,12 @@ from mockerops.errors import MockeropsError
 from mockerops.fleet import HostContext, HostResult, Status, run_on_hosts
 from mockerops.report import EXIT_INTERRUPTED, Reporter, exit_code
 
-PatternArg = Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern, e.g. 'lab1' or 'web*'.")]
-ContainerArg = Annotated[str, typer.Argument(metavar="CONTAINER", help="Container name or id.")]
+PatternArg = Annotated[
+    str, typer.Argument(metavar="PATTERN", help="Host pattern, e.g. 'lab1' or 'web*'.")
+]
+ContainerArg = Annotated[
+    str, typer.Argument(metavar="CONTAINER", help="Container name or id.")
+]
 
 container_app = typer.Typer(
     help="Manage containers (run, ls, stop, start, restart, rm, inspect, prune).",
@@ -119,7 +123,9 @@ def _ports(container: dict) -> str:
 @fleet_command(timeout=3600.0)
 def build(
     pattern: PatternArg,
-    mockerfile: Annotated[Path, typer.Argument(metavar="MOCKERFILE", help="The Mockerfile to build.")],
+    mockerfile: Annotated[
+        Path, typer.Argument(metavar="MOCKERFILE", help="The Mockerfile to build.")
+    ],
     tag: Annotated[Optional[str], typer.Option("-t", "--tag", help="name:tag")] = None,
     context: Annotated[
         Optional[Path], typer.Option("--context", "-C", help="Build context dir.")
@@ -141,8 +147,13 @@ def build(
     context_dir = context or mockerfile.parent
     # Bad Mockerfiles are bad input: report them before connecting to anything.
     for host in hosts:
-        check_mockerfile(mockerfile, context_dir, host=host.name,
-                         variables=host.vars, build_args=args)
+        check_mockerfile(
+            mockerfile,
+            context_dir,
+            host=host.name,
+            variables=host.vars,
+            build_args=args,
+        )
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         agent = await ctx.agent()
@@ -239,7 +250,9 @@ def _size(n: int | None) -> str:
 @fleet_command(timeout=120.0)
 def rmi(
     pattern: PatternArg,
-    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image name:tag or id.")],
+    image: Annotated[
+        str, typer.Argument(metavar="IMAGE", help="Image name:tag or id.")
+    ],
     *,
     fleet: FleetArgs,
 ) -> None:
@@ -260,9 +273,12 @@ def rmi(
 @fleet_command(timeout=120.0)
 def container_run(
     pattern: PatternArg,
-    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image name:tag or id.")],
+    image: Annotated[
+        str, typer.Argument(metavar="IMAGE", help="Image name:tag or id.")
+    ],
     command: Annotated[
-        Optional[List[str]], typer.Argument(metavar="COMMAND", help="Command, after --.")
+        Optional[List[str]],
+        typer.Argument(metavar="COMMAND", help="Command, after --."),
     ] = None,
     name: Annotated[
         Optional[str], typer.Option("--name", help="Container name.")
@@ -326,7 +342,9 @@ def _strip_dashes(command: list[str] | None) -> list[str]:
 
 @fleet_command(timeout=60.0)
 def ps(
-    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern.")] = "all",
+    pattern: Annotated[
+        str, typer.Argument(metavar="PATTERN", help="Host pattern.")
+    ] = "all",
     all_: Annotated[
         bool, typer.Option("-a", "--all", help="Show stopped too.")
     ] = False,
@@ -494,7 +512,9 @@ def _stream_hosts(hosts, work, opts: ConnectOptions) -> list[HostResult]:
     try:
         return asyncio.run(run_on_hosts(hosts, work, opts, quiet))
     except KeyboardInterrupt:
-        Console(stderr=True, highlight=False, soft_wrap=True).print("interrupted", style="red")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            "interrupted", style="red"
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -514,10 +534,16 @@ def _write_output(host: str | None, data: Any, blob: bytes) -> None:
 def exec_(
     pattern: PatternArg,
     container: ContainerArg,
-    command: Annotated[List[str], typer.Argument(metavar="COMMAND", help="Command and its arguments.")],
+    command: Annotated[
+        List[str], typer.Argument(metavar="COMMAND", help="Command and its arguments.")
+    ],
     tty: Annotated[bool, typer.Option("-t", "--tty", help="Allocate a PTY.")] = False,
     interactive: Annotated[
-        bool, typer.Option("--interactive", help="Keep stdin open (implied by -t).")
+        bool,
+        typer.Option(
+            "--interactive",
+            help="Pass stdin to the command (implied by -t on a terminal).",
+        ),
     ] = False,
     env: Annotated[List[str], typer.Option("-e", "--env", help="KEY=VALUE")] = [],
     workdir: Annotated[Optional[str], typer.Option("-w", "--workdir")] = None,
@@ -529,6 +555,9 @@ def exec_(
     argv = _strip_dashes(command)
     if not argv:
         raise MockeropsError("exec: no command given", hint="add it after --")
+    # -i is the inventory everywhere, so Docker's -it is spelled -t here: on a
+    # terminal it also passes stdin, as -it would.
+    interactive = interactive or (tty and sys.stdin.isatty())
     hosts = fleet.hosts(pattern)
     if (tty or interactive) and len(hosts) > 1:
         raise MockeropsError(
@@ -540,7 +569,7 @@ def exec_(
         "argv": argv,
         "env": env,
         "tty": tty,
-        "interactive": tty or interactive,
+        "interactive": interactive,
         "workdir": workdir,
         "user": user,
     }
@@ -555,7 +584,7 @@ def exec_(
             ),
         )
         await agent.drain()
-        if tty or interactive:
+        if interactive:
             result = await _pump_stdin(handle, tty, fleet.opts.call_timeout)
         else:
             result = await handle.result(fleet.opts.call_timeout)

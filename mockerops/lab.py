@@ -59,7 +59,12 @@ from mockerops.lab_net import (
     parse_subnet,
     remove_netns,
 )
-from mockerops.lab_procs import mounts_under, unmount_under
+from mockerops.lab_procs import (
+    mounts_under,
+    recorded_containers,
+    remove_container_cgroups,
+    unmount_under,
+)
 from mockerops.lab_sshd import (
     banner,
     ensure_key,
@@ -450,6 +455,7 @@ def _build(
     if surplus:
         hdirs = [paths.host(f"{name}{i}") for i in surplus]
         remove_netns(tag, surplus, [str(d) for d in hdirs])
+        remove_container_cgroups(recorded_containers(d / "root" for d in hdirs))
         for hdir in hdirs:
             unmount_under(hdir)
             # Never delete through a mount that would not go: it may be a volume.
@@ -471,8 +477,9 @@ def lab_down(
     """Remove every trace of a lab, even a half-built one; return what was removed.
 
     Stops every process in the lab's namespaces (and the containers they started),
-    lazily unmounts everything under the lab dir, deletes namespaces, veths and
-    bridge, then the lab dir and the inventory (only if the inventory is this lab's).
+    removes the cgroups of the containers recorded on its hosts, lazily unmounts
+    everything under the lab dir, deletes namespaces, veths and bridge, then the
+    lab dir and the inventory (only if the inventory is this lab's).
     """
     _check_name(name)
     paths = _Paths(_resolve_dir(name, lab_dir))
@@ -483,6 +490,10 @@ def lab_down(
     removed: list[str] = []
 
     removed += remove_netns(tag, sorted(lab_netns(tag)), [str(paths.dir)])
+    # Their supervisors were killed above, so the containers' groups are ours to go.
+    roots = sorted(paths.dir.glob("hosts/*/root"))
+    removed += [f"cgroup {group}" for group in
+                remove_container_cgroups(recorded_containers(roots))]
     for link in lab_links(tag):
         run(["ip", "link", "del", link], check=False)
         removed.append(f"link {link}")

@@ -1,9 +1,13 @@
-"""Find and stop a lab's processes, and lazily unmount what lies under its dir.
+"""Find and stop a lab's processes, remove its containers' cgroups, and lazily
+unmount what lies under its dir.
 
 A lab's processes are those in its network namespaces, the containers whose root
 is mounted from under the lab dir, and everything they started. They get
-SIGTERM, a short grace, then SIGKILL until none are left. Mounts are detached
-deepest first, layer by layer, so that nothing mounted is ever deleted through.
+SIGTERM, a short grace, then SIGKILL until none are left. A container's
+supervisor removes its cgroup when the container stops; one killed with the lab
+cannot, so the lab removes the (by then empty) groups of every container
+recorded under a host's state root. Mounts are detached deepest first, layer by
+layer, so that nothing mounted is ever deleted through.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from mockerops.errors import LabError
 STOP_GRACE = 1.0
 KILL_DEADLINE = 5.0
 _MNT_DETACH = 2
+# Where the agent (remote_agent/cgroups.py) puts a container's group: PARENT/<id>
+# in the unified hierarchy (v2), or in each controller's hierarchy (v1).
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_PARENT = "mockerops"
+RMDIR_DEADLINE = 2.5
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def proc_state(pid: int) -> str | None:
@@ -177,3 +187,59 @@ def unmount_under(directory: Path) -> list[str]:
         if not progress:
             break
     return done
+
+
+def recorded_containers(state_roots: Iterable[str | os.PathLike]) -> list[str]:
+    """Return the ids of the containers recorded under some agent state roots."""
+    ids = set()
+    for root in state_roots:
+        with contextlib.suppress(OSError):
+            ids.update(name for name in os.listdir(Path(root, "containers"))
+                       if _CONTAINER_ID.fullmatch(name))
+    return sorted(ids)
+
+
+def container_cgroups(container_id: str, root: str = CGROUP_ROOT) -> list[Path]:
+    """Return the cgroup directories of a container that exist, on v2 or v1."""
+    bases = [Path(root)]
+    with contextlib.suppress(OSError):
+        bases += sorted(Path(root, name) for name in os.listdir(root))
+    found = []
+    for base in bases:
+        path = base / CGROUP_PARENT / container_id
+        # cpu and cpuacct are often links to one "cpu,cpuacct" hierarchy.
+        if path.is_dir() and path.resolve() not in {p.resolve() for p in found}:
+            found.append(path)
+    return found
+
+
+def remove_container_cgroups(container_ids: Iterable[str],
+                             root: str = CGROUP_ROOT) -> list[str]:
+    """Remove the empty cgroups of some containers whose processes are gone; return
+    them. rmdir alone: a group that still holds a process stays, and is reported."""
+    removed: list[str] = []
+    left: list[str] = []
+    for container_id in container_ids:
+        for path in container_cgroups(container_id, root):
+            end = time.monotonic() + RMDIR_DEADLINE
+            while True:
+                try:
+                    path.rmdir()
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    # EBUSY while the kernel finishes tearing down exited tasks.
+                    if exc.errno == errno.EBUSY and time.monotonic() < end:
+                        time.sleep(0.05)
+                        continue
+                    left.append(f"{path} ({exc.strerror})")
+                    break
+                removed.append(str(path))
+                break
+    if left:
+        raise LabError(
+            f"container cgroups remain: {', '.join(left)}",
+            hint="see 'cat PATH/cgroup.procs' for what still runs there; stop it, "
+            "then run lab down again",
+        )
+    return removed

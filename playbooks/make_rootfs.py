@@ -6,6 +6,8 @@
 
 Both are idempotent: an existing tarball is left alone. The tarball is written to a
 temporary name and renamed, so an interrupted run never leaves a half tarball.
+debootstrap's output goes to a log beside the tarball (PATH.log); only its tail is
+printed, and only when debootstrap fails.
 """
 
 import argparse
@@ -28,6 +30,9 @@ DEFAULT_OUT = {
 BUSYBOX = "/bin/busybox"
 SUITE = "bookworm"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
+# python3 runs the hello app; procps gives the README's `exec ... ps` a ps.
+DEBIAN_PACKAGES = ("python3-minimal", "procps")
+LOG_TAIL_LINES = 30
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -114,20 +119,26 @@ def _member(name, kind, mode, size=0):
 
 
 def make_debian(out, mirror=None):
-    """Write a Debian bookworm minbase rootfs with python3-minimal to out."""
+    """Write a Debian bookworm minbase rootfs with python3-minimal and procps to out."""
     if os.path.exists(out):
         return out
     if shutil.which("debootstrap") is None:
         sys.exit("debootstrap is not installed: apt-get install debootstrap")
     mirror = mirror or apt_mirror()
+    log = out + ".log"
+    print("debootstrap %s from %s (about a minute); log: %s" % (SUITE, mirror, log))
     work = tempfile.mkdtemp(prefix="mockerops-debootstrap-")
     try:
         target = os.path.join(work, "rootfs")
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3-minimal",
-             SUITE, target, mirror],
-            check=True,
-        )
+        with open(log, "wb") as f:
+            code = subprocess.run(
+                ["debootstrap", "--variant=minbase",
+                 "--include=" + ",".join(DEBIAN_PACKAGES), SUITE, target, mirror],
+                stdout=f, stderr=subprocess.STDOUT,
+            ).returncode
+        if code != 0:
+            sys.exit("debootstrap exited %d; last lines of %s:\n%s"
+                     % (code, log, _tail(log, LOG_TAIL_LINES)))
         _clean_debian(target)
         _write_atomically(out, lambda tmp: subprocess.run(
             ["tar", "--numeric-owner", "--xattrs", "-C", target, "-czf", tmp, "."],
@@ -136,6 +147,13 @@ def make_debian(out, mirror=None):
     finally:
         _remove_tree(work)
     return out
+
+
+def _tail(path, lines):
+    """Return the last lines of a text file."""
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
 def apt_mirror():

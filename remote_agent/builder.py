@@ -8,6 +8,9 @@ metadata ones included, leaves a layer record: ``empty`` records are kept for th
 cache chain and listed in the manifest's history, while only layers with files go
 in its ``layers`` (what a container mounts). RUN executes in sandbox.run_isolated
 over the stacked layers below it, never on the host.
+
+Steps are numbered from 1, in the order sent (one per Mockerfile instruction),
+alike in "step" and "output" events, plan's "missing" and error messages.
 """
 
 import collections
@@ -81,7 +84,7 @@ class Builder:
         """Return {"id", "missing"}: the image id a build would give, building nothing.
 
         id is None when a step's layer is missing: what it holds is not known
-        until it is built.
+        until it is built; missing lists those steps' numbers.
         """
         self.dry_run = True
         with layers.store_lock(self.root):
@@ -129,8 +132,8 @@ class Builder:
             self.chain, instruction_key(step)), None)
 
     def report(self, index, step, cached, layer):
-        """Emit the progress event of a step."""
-        self.emit("step", {"step": index, "instruction": describe(step),
+        """Emit the progress event of a step, numbered from 1 as errors are."""
+        self.emit("step", {"step": index + 1, "instruction": describe(step),
                            "cached": cached, "layer": layer})
 
     def make_layer(self, index, step, layer, fill, replace=None):
@@ -141,7 +144,7 @@ class Builder:
             if layers.layer_exists(self.root, layer):
                 self.push(layer)
             else:
-                self.missing.append(index)
+                self.missing.append(index + 1)
                 self.chain = layer
                 self.history.append(layer)
             return
@@ -225,7 +228,7 @@ class Builder:
 
             def on_output(chunk):
                 tail.extend(chunk)
-                self.emit("output", {"step": index}, chunk)
+                self.emit("output", {"step": index + 1}, chunk)
 
             code = sandbox.run_isolated(
                 self.lowerdirs(), fs, os.path.join(os.path.dirname(fs), "work"),
@@ -234,10 +237,15 @@ class Builder:
                 on_output=on_output, network=self.network, cancel=self.cancel,
             )
             if code != 0:
-                output = bytes(tail).decode("utf-8", "replace")
-                raise CommandFailed(argv, code, output, message=(
-                    "step %d: %s exited %d; last output:\n%s"
-                    % (index + 1, describe(step), code, output.rstrip())))
+                output = bytes(tail).decode("utf-8", "replace").rstrip()
+                message = "step %d: %s exited %d" % (index + 1, describe(step), code)
+                if output:
+                    message += "; last output:\n" + output
+                error = CommandFailed(argv, code, output, message=message)
+                # The controller maps the step back to its Mockerfile line.
+                error.details.update(step=index + 1, instruction=describe(step),
+                                     output=output)
+                raise error
 
         self.make_layer(index, step, layer, fill)
 

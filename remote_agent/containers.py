@@ -1,8 +1,10 @@
 """Container records and lifecycle: run, start, stop, restart, rm, list, prune.
 
 A container lives in ``<root>/containers/<id>/``: ``config.json`` (what was
-asked for, fixed at creation), ``state.json`` (what is happening, rewritten
-atomically under ``lock``), ``log``, and the overlay's ``upper``/``work``.
+asked for, fixed at creation; it holds the env, deploy secrets included, so it
+is mode 0600 under a ``containers/`` of mode 0700), ``state.json`` (what is
+happening, rewritten atomically under ``lock``), ``log``, and the overlay's
+``upper``/``work``.
 Names are unique per host: creation checks and claims a name under
 ``<root>/locks/containers.lock``; a create that fails removes the record and so
 frees the name. The running part is the supervisor (supervisor.py), one
@@ -27,6 +29,9 @@ ACTIVE = ("starting", "running", "restarting")
 START_TIMEOUT = 30.0
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# config.json holds env values (deploy puts secrets there): root's eyes only.
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 
 
 def now():
@@ -37,6 +42,16 @@ def now():
 def container_dir(root, container_id):
     """Return the directory of a container's record."""
     return os.path.join(root, "containers", container_id)
+
+
+def ensure_containers_dir(root):
+    """Create ``<root>/containers`` mode 0700, tightening an older, wider one."""
+    directory = os.path.join(root, "containers")
+    os.makedirs(directory, PRIVATE_DIR, exist_ok=True)
+    # makedirs applies the umask and leaves an existing directory as it was.
+    if os.stat(directory).st_mode & 0o777 != PRIVATE_DIR:
+        os.chmod(directory, PRIVATE_DIR)
+    return directory
 
 
 def _lock_path(root, container_id):
@@ -299,12 +314,14 @@ def create(root, name=None, **params):
                 raise Conflict("container name %r is already used by %s; remove it "
                                "or pick another name" % (config["name"], cid[:12]),
                                container=cid)
+        ensure_containers_dir(root)
         directory = container_dir(root, container_id)
         for sub in ("upper", "work", "merged"):
             os.makedirs(os.path.join(directory, sub))
         util.write_json(os.path.join(directory, "state.json"),
                         {"status": "created", "restart_count": 0})
-        util.write_json(os.path.join(directory, "config.json"), config)
+        util.write_json(os.path.join(directory, "config.json"), config,
+                        mode=PRIVATE_FILE)
     try:
         net.allocate(root, container_id, config["name"], config["ports"],
                      subnet=config["subnet"])

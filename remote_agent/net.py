@@ -11,6 +11,11 @@ Every per-container rule carries ``-m comment --comment mockerops:<id>`` so a
 container's rules are found and deleted exactly; shared rules carry
 ``mockerops:base``. Addresses and published ports are allocated in
 ``<root>/net/ipam.json`` under ``<root>/net/ipam.lock``.
+
+A host port is published either by a container (in ipam.json) or by a deployed
+app (``<root>/apps/<app>/ports.json``, written by rpc_deploy's
+deploy.move_ports). Both sides check a new port against both records while
+holding ipam.lock, so neither can take a port the other holds.
 """
 
 import errno
@@ -88,6 +93,53 @@ def _overlaps(a, b):
     return "0.0.0.0" in (a["host_ip"], b["host_ip"]) or a["host_ip"] == b["host_ip"]
 
 
+def app_ports(root):
+    """Return app name -> the port dicts its deploy publishes on this host."""
+    apps = os.path.join(root, "apps")
+    try:
+        names = sorted(os.listdir(apps))
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for name in names:
+        record = util.read_json(os.path.join(apps, name, "ports.json"))
+        if not record:
+            continue
+        # A deploy rule's empty host_ip means every address, as 0.0.0.0 does here.
+        found[name] = [{"host_ip": rule.get("host_ip") or "0.0.0.0",
+                        "host_port": rule["host_port"],
+                        "container_port": rule["container_port"],
+                        "proto": rule.get("proto") or "tcp"}
+                       for rule in record.get("rules") or ()]
+    return found
+
+
+def port_conflict(root, port, skip_app=None):
+    """Return a Conflict naming the container or app that publishes port, or None.
+
+    skip_app is the app being switched: its own ports are no clash. Call it
+    holding ipam_lock(root).
+    """
+    for cid, alloc in sorted(read_ipam(root).get("containers", {}).items()):
+        for other in alloc.get("ports", ()):
+            if _overlaps(port, other):
+                name = alloc.get("name") or cid[:12]
+                return Conflict(
+                    "host port %s is already published by container %r; remove it "
+                    "('mockerops rm HOST %s') or pick another host port"
+                    % (format_port(port), name, name), container=cid)
+    for app, ports in app_ports(root).items():
+        if app == skip_app:
+            continue
+        for other in ports:
+            if _overlaps(port, other):
+                return Conflict(
+                    "host port %s is already published by app %r; remove that app "
+                    "('mockerops remove' with its app.yaml) or pick another host "
+                    "port" % (format_port(port), app), app=app)
+    return None
+
+
 def _check_host_port_free(port):
     """Raise Conflict when a host process already listens on the port."""
     kind = socket.SOCK_STREAM if port["proto"] == "tcp" else socket.SOCK_DGRAM
@@ -111,6 +163,11 @@ def _ipam_paths(root):
     return os.path.join(directory, "ipam.json"), os.path.join(directory, "ipam.lock")
 
 
+def ipam_lock(root):
+    """Return a context manager holding the lock of addresses and host ports."""
+    return util.file_lock(_ipam_paths(root)[1])
+
+
 def read_ipam(root):
     """Return the IPAM record (subnet and per-container allocations)."""
     path, _ = _ipam_paths(root)
@@ -120,8 +177,9 @@ def read_ipam(root):
 def allocate(root, container_id, name, ports=(), subnet=None):
     """Reserve an address and the published ports for a container; return them.
 
-    Raises Conflict when a host port is published by another container or used
-    by a host process, naming it, and InvalidRequest on a bad subnet.
+    Raises Conflict when a host port is published by another container or a
+    deployed app or used by a host process, naming it, and InvalidRequest on a
+    bad subnet.
     """
     parsed = [parse_port(p) if not isinstance(p, dict) else p for p in ports]
     for i, port in enumerate(parsed):
@@ -145,13 +203,9 @@ def allocate(root, container_id, name, ports=(), subnet=None):
                            "container(s) before asking for %s"
                            % (BRIDGE, current, len(allocs), network))
         for port in parsed:
-            for cid, alloc in allocs.items():
-                for other in alloc.get("ports", ()):
-                    if _overlaps(port, other):
-                        raise Conflict(
-                            "host port %s is already published by container %s"
-                            % (format_port(port), alloc.get("name") or cid[:12]),
-                            container=cid)
+            clash = port_conflict(root, port)
+            if clash is not None:
+                raise clash
             _check_host_port_free(port)
         used = {a["ip"] for a in allocs.values()}
         hosts = network.hosts()

@@ -16,12 +16,21 @@ and the last steps before execve (user, capabilities, no_new_privs).
 import fcntl
 import json
 import os
+import select
 import signal
+import struct
 import sys
+import time
 import termios
 
 from remote_agent import mounts
 from remote_agent import namespaces as ns
+
+# ioctls of the pty master (asm-generic values: x86, arm, arm64, riscv, s390);
+# Python's termios does not export them.
+TIOCSPTLCK = getattr(termios, "TIOCSPTLCK", 0x40045431)
+TIOCGPTN = getattr(termios, "TIOCGPTN", 0x80045430)
+PTY_DRAIN = 0.5
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -251,15 +260,23 @@ def exec_main(pid, spec_fd):
     # in so only the command, not this helper, counts against the limits.
     procs = [os.open(p, os.O_WRONLY) for p in spec.get("cgroup_procs", ())]
     ns.join_namespaces(pid)
+    master = slave_path = None
+    if spec.get("tty"):
+        master, slave_path = _open_container_pty()
     child = os.fork()
     if child == 0:
         try:
             for fd in procs:
                 os.write(fd, b"0")
                 os.close(fd)
-            if spec.get("tty"):
+            if master is not None:
+                os.close(master)
                 os.setsid()
-                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+                slave = os.open(slave_path, os.O_RDWR)
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                for target in (0, 1, 2):
+                    os.dup2(slave, target)
+                os.close(slave)
         except BaseException as exc:
             _die(126, "mockerops: exec setup failed: %s\n" % exc)
         exec_command(spec["argv"], spec.get("env") or [], spec.get("cwd") or "/",
@@ -276,12 +293,66 @@ def exec_main(pid, spec_fd):
 
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
+    if master is not None:
+        return _relay_pty(master, child)
     while True:
         try:
             _, status = os.waitpid(child, 0)
             return exit_code(status)
         except ChildProcessError:
             return 255
+
+
+def _open_container_pty():
+    """Open a pty pair on the container's own devpts; return (master, slave path).
+
+    The pty must come from the container's devpts instance: one made by the
+    agent on the host would be a /dev/pts/N the container cannot see, so the
+    command would have a terminal that ttyname() and tty(1) cannot name.
+    """
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("i", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    return master, "/dev/pts/%d" % number
+
+
+def _relay_pty(master, child):
+    """Copy our stdin to the pty and the pty to our stdout until child exits."""
+    if os.isatty(0):
+        # The agent's pty in front of us already applies a line discipline;
+        # pass bytes through untouched so the command's pty is the only one.
+        attrs = termios.tcgetattr(0)
+        attrs[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)
+        attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(0, termios.TCSANOW, attrs)
+    watched = [0, master]
+    status = drain_until = None
+    # A background process of the command may hold the pty open: once the
+    # command has exited, drain its output for PTY_DRAIN seconds at most.
+    while status is None or (master in watched and time.monotonic() < drain_until):
+        try:
+            ready, _, _ = select.select(watched, [], [], 0.1)
+        except InterruptedError:
+            ready = []
+        for fd in ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""  # EIO: every holder of the slave has closed it
+            if not chunk:
+                watched.remove(fd)
+                if fd == 0 and status is None:
+                    os.write(master, b"\x04")  # end of input: EOF for the command
+                continue
+            os.write(1 if fd == master else master, chunk)
+        if status is None:
+            done, raw = os.waitpid(child, os.WNOHANG)
+            if done:
+                status = raw
+                drain_until = time.monotonic() + PTY_DRAIN
+                if 0 in watched:
+                    watched.remove(0)
+    return exit_code(status)
 
 
 def main(argv):

@@ -11,6 +11,7 @@ import select
 import subprocess
 import threading
 import time
+import tty
 
 from remote_agent import cgroups, containers, nsexec, supervisor
 from remote_agent.errors import Conflict, InvalidRequest, NotFound
@@ -101,6 +102,9 @@ def _run_exec_helper(pid, spec, on_output, read_stdin, cancelled):
     master = None
     if spec["tty"]:
         master, slave = os.openpty()
+        # Raw from the start: the helper relays bytes to the container's own
+        # pty, whose line discipline is the one the command should see.
+        tty.setraw(slave)
         stdio = {"stdin": slave, "stdout": slave, "stderr": slave}
     else:
         stdio = {"stdin": subprocess.PIPE if read_stdin else subprocess.DEVNULL,

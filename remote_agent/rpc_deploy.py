@@ -227,7 +227,10 @@ def ports_path(root, app):
 
 @rpc("deploy.move_ports")
 def move_ports(ctx, app, rules):
-    """Point the app's published ports at new targets in one atomic change."""
+    """Point the app's published ports at new targets in one atomic change.
+
+    Refuses, changing nothing, a host port another app or a container publishes.
+    """
     chain = app_chain(app)
     if not isinstance(rules, list):
         raise InvalidRequest("rules must be a list")
@@ -240,12 +243,26 @@ def move_ports(ctx, app, rules):
                                  % (rule["host_port"], rule["proto"]))
         seen.add(ident)
 
-    with file_lock(os.path.join(ctx.root, "locks", "deploy-ports.lock")):
+    # ipam_lock inside the deploy lock (never the other way round): a plain
+    # container's port allocation holds ipam_lock alone, so neither side can
+    # take a port between the other's check and its record.
+    with file_lock(os.path.join(ctx.root, "locks", "deploy-ports.lock")), \
+            net.ipam_lock(ctx.root):
+        for rule in rules:
+            clash = net.port_conflict(ctx.root, published(rule), skip_app=app)
+            if clash is not None:
+                raise clash
         ensure_hooks(ctx.root, app, chain)
         run(("iptables-restore", "-w", "--noflush"), input=restore_input(chain, rules))
         write_json(ports_path(ctx.root, app), {"chain": chain, "rules": rules,
                                                "changed": time.time()})
     return {"chain": chain, "rules": sum(len(r["targets"]) for r in rules)}
+
+
+def published(rule):
+    """Return a port rule as the port dict net.py compares published ports by."""
+    return {"host_ip": rule["host_ip"] or "0.0.0.0", "host_port": rule["host_port"],
+            "container_port": rule["container_port"], "proto": rule["proto"]}
 
 
 @rpc("deploy.remove_ports")
@@ -311,5 +328,6 @@ def record(ctx, app, entry):
             versions.append(entry)
             del versions[:-HISTORY_KEEP]
             appended = True
-        write_json(path, data)
+        # A version's canonical spec holds the app's env: root's eyes only.
+        write_json(path, data, mode=0o600)
     return {"appended": appended, "versions": len(versions)}

@@ -40,9 +40,9 @@ def fsync_dir(directory):
         os.close(fd)
 
 
-def write_json(path, obj):
-    """Write obj as JSON to path atomically."""
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+def write_json(path, obj, mode=0o644):
+    """Write obj as JSON to path atomically, with file mode mode."""
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n", mode=mode)
 
 
 def read_json(path, default=None):

@@ -1,7 +1,8 @@
 """Helpers for tests on the local lab: unique names, free subnets and leak checks.
 
-The leak check looks at the kernel directly (``ip -j``, /proc) instead of reusing
-mockerops.lab, so a bug in the lab code cannot hide its own leaks.
+The leak check looks at the kernel directly (``ip -j``, /proc, /sys/fs/cgroup)
+instead of reusing mockerops.lab, so a bug in the lab code cannot hide its own
+leaks.
 """
 
 from __future__ import annotations
@@ -134,6 +135,22 @@ def mounts_under(directory: str | os.PathLike) -> list[str]:
     return points
 
 
+def container_ids(lab_dir: str | os.PathLike) -> set[str]:
+    """Return the ids of the containers recorded on a lab's hosts, to look for their
+    cgroups once the lab dir is gone."""
+    return {p.name for p in Path(lab_dir).glob("hosts/*/root/containers/*")
+            if re.fullmatch(r"[0-9a-f]{64}", p.name)}
+
+
+def cgroups_of(ids: set[str] | frozenset[str]) -> list[str]:
+    """Return the cgroup directories (v2: mockerops/ID, v1: CONTROLLER/mockerops/ID)
+    that exist for some container ids."""
+    top = Path("/sys/fs/cgroup")
+    bases = [top, *(p for p in top.iterdir() if p.is_dir())] if top.is_dir() else []
+    return sorted(str(base / "mockerops" / cid) for base in bases for cid in ids
+                  if (base / "mockerops" / cid).is_dir())
+
+
 @dataclasses.dataclass
 class Leaks:
     """What a lab left behind, by kind; empty when it left nothing."""
@@ -143,6 +160,7 @@ class Leaks:
     mounts: list[str]
     processes: list[str]
     files: list[str]
+    cgroups: list[str]
 
     def __bool__(self) -> bool:
         return any(dataclasses.astuple(self))
@@ -153,11 +171,14 @@ class Leaks:
 
 
 def snapshot(tag: str, lab_dir: str | os.PathLike, ns_inodes: set[int] = frozenset(),
-             files: tuple[os.PathLike, ...] = ()) -> Leaks:
-    """Return every namespace, link, mount, process and file of a lab that exists.
+             files: tuple[os.PathLike, ...] = (),
+             containers: set[str] = frozenset()) -> Leaks:
+    """Return every namespace, link, mount, process, file and container cgroup of a
+    lab that exists.
 
     Pass ``ns_inodes`` taken with ``netns_inodes`` before the lab went down to catch
-    processes in a namespace whose name was deleted while they still ran in it.
+    processes in a namespace whose name was deleted while they still ran in it, and
+    ``containers`` taken with ``container_ids`` to catch their cgroups.
     """
     pattern = re.compile(rf"mo-{re.escape(tag)}-(\d+|br)")
     links = sorted(link["ifname"] for link in _ip_json("link", "show")
@@ -169,14 +190,16 @@ def snapshot(tag: str, lab_dir: str | os.PathLike, ns_inodes: set[int] = frozens
         mounts=mounts_under(lab_dir),
         processes=pids_in(inodes, lab_dir),
         files=[str(p) for p in (Path(lab_dir), *map(Path, files)) if p.exists()],
+        cgroups=cgroups_of(set(containers) | container_ids(lab_dir)),
     )
 
 
 def down_and_check(info: LabInfo) -> None:
     """Take the lab down and fail the test if any part of it is left."""
-    inodes = netns_inodes(info.tag)
+    inodes, ids = netns_inodes(info.tag), container_ids(info.dir)
     lab_down(info.name, lab_dir=info.dir, inventory_path=info.inventory_path)
-    leaks = snapshot(info.tag, info.dir, inodes, files=(info.inventory_path,))
+    leaks = snapshot(info.tag, info.dir, inodes, files=(info.inventory_path,),
+                     containers=ids)
     if leaks:
         pytest.fail(f"lab {info.name!r} leaked: {leaks}", pytrace=False)
 

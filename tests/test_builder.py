@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from mockerops.build import DigestCache, build_image, check_mockerfile
-from mockerops.errors import MockerfileError
+from mockerops.errors import AgentCallError, MockerfileError
 from remote_agent import layers, sandbox, server
-from remote_agent.errors import AgentError, CommandFailed, Conflict, InvalidRequest
+from remote_agent.errors import AgentError, Conflict, InvalidRequest
 
 import remote_agent.rpc_images  # noqa: F401  (registers the handlers)
 
@@ -52,10 +52,18 @@ class FakeSession:
         self.calls = []
 
     async def call(self, method, params=None, blob=b"", timeout=None, on_event=None):
-        """Run the handler of method and return its result."""
+        """Run the handler of method and return its result.
+
+        An agent error becomes an AgentCallError, as it does on the wire.
+        """
         self.calls.append(method)
         ctx = FakeCtx(self.root, blob, on_event)
-        return server.HANDLERS[method](ctx, **(params or {}))
+        try:
+            return server.HANDLERS[method](ctx, **(params or {}))
+        except AgentError as exc:
+            wire = json.loads(json.dumps(exc.to_wire()))
+            raise AgentCallError("web1", wire["kind"], wire["message"],
+                                 wire["details"]) from exc
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +221,33 @@ def test_failed_run_leaves_nothing(lab):
     lab.build("RUN echo ok > /ok\n")
     before = sorted(os.listdir(os.path.join(lab.root, "layers")))
     images = layers.image_ids(lab.root)
-    with pytest.raises(CommandFailed) as info:
+    with pytest.raises(MockerfileError) as info:
         lab.build("RUN echo ok > /ok\nRUN echo boom; touch /half; exit 3\n")
-    assert info.value.returncode == 3
-    assert "exited 3" in info.value.message and "boom" in info.value.message
+    assert info.value.message == (f"{lab.context / 'Mockerfile'}:3: RUN echo boom; "
+                                  "touch /half; exit 3 exited 3; last output:\nboom")
     assert sorted(os.listdir(os.path.join(lab.root, "layers"))) == before
     assert os.listdir(layers.tmp_dir(lab.root)) == []
     assert layers.image_ids(lab.root) == images
+
+
+def test_failed_run_step_numbers_agree_and_name_the_line(lab):
+    with pytest.raises(MockerfileError) as info:
+        lab.build("ENV A=1\n\nRUN false\n")
+    # Line 4 (a blank line sits between), step 3: the error names the line, the
+    # events number steps from 1 as the agent's own message does.
+    assert info.value.message == f"{lab.context / 'Mockerfile'}:4: RUN false exited 1"
+    cause = info.value.__context__
+    assert isinstance(cause, AgentCallError)
+    assert cause.message == "web1: step 3: RUN false exited 1"
+    assert [d["step"] for e, d, b in lab.events if e == "step"] == [1, 2, 3]
+    assert [d["instruction"] for e, d, b in lab.events if e == "step"][-1] == (
+        "RUN false")
+
+
+def test_run_output_events_carry_the_step_number(lab):
+    lab.build("ENV A=1\nRUN echo hi\n")
+    assert [(d["step"], b) for e, d, b in lab.events if e == "output"] == [
+        (3, b"hi\n")]
 
 
 def test_image_rm_refused_while_a_container_uses_it(lab):

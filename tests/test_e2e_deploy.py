@@ -188,7 +188,10 @@ class Prober(threading.Thread):
         deadline = time.monotonic() + 600
         while not self.stop.is_set() and time.monotonic() < deadline:
             try:
-                self.bodies.add(get(self.address).split("\n")[0])
+                # A generous timeout: on a loaded 2-core CI machine an answer
+                # can be slow; what must never happen is a refused or reset
+                # connection, and every such error is recorded.
+                self.bodies.add(get(self.address, timeout=15.0).split("\n")[0])
                 self.ok += 1
             except (OSError, http.client.HTTPException) as exc:
                 self.errors.append(repr(exc))

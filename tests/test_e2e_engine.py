@@ -283,6 +283,13 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
         assert fed.returncode == 0, fed.stdout + fed.stderr
         assert int(fed.stdout.split()[0]) == Path(__file__).stat().st_size
 
+        term = subprocess.run(
+            [sys.executable, "-m", "mockerops", "exec", "-t", "-i", str(inv), name,
+             "web", "--", "sh", "-c", "tty; exit 3"],
+            stdin=subprocess.PIPE, capture_output=True, text=True, timeout=60)
+        assert term.returncode == 3, term.stdout + term.stderr
+        assert term.stdout.strip().startswith("/dev/pts/"), term.stdout
+
         listing = mockerops("ps", "-i", inv, name, "-a", check=True)
         assert "web" in listing.stdout and " up " in listing.stdout
         images = mockerops("images", "-i", inv, name, check=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,6 +24,8 @@ from mockerops.lab import (
 )
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
+BUSYBOX = REPO / "playbooks" / "busybox"
 
 
 def _ssh(info, host, command: str) -> subprocess.CompletedProcess:
@@ -252,3 +256,39 @@ def test_down_cleans_up_after_up_failed_half_way(tmp_path):
         for proc in strays:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.lab
+def test_down_removes_the_cgroups_of_running_containers(tmp_path):
+    labkit.require_root()
+    if not (BUSYBOX / "rootfs" / "busybox.tar.gz").exists():
+        subprocess.run([sys.executable, str(REPO / "playbooks" / "make_rootfs.py"),
+                        "busybox"], check=True, timeout=120)
+    name, subnet = labkit.unique_name(suffix="c"), labkit.free_subnet()
+    lab_dir, inventory = tmp_path / "lab", tmp_path / "inventory.yaml"
+    info = lab_up(name=name, n=1, subnet=subnet, lab_dir=lab_dir,
+                  inventory_path=inventory)
+    try:
+        host = info.hosts[0].name
+
+        def cli(verb: list[str], *args: str) -> None:
+            proc = subprocess.run(
+                [sys.executable, "-m", "mockerops", *verb, "-i", str(inventory), host,
+                 *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+
+        cli(["build"], str(BUSYBOX / "Mockerfile"), "-t", "bb:1")
+        cli(["container", "run"], "bb:1", "--name", "web", "-m", "64m")
+        ids = labkit.container_ids(lab_dir)
+        assert len(ids) == 1
+        # The running container has a group; its supervisor dies with the lab.
+        assert labkit.cgroups_of(ids)
+
+        inodes = labkit.netns_inodes(info.tag)
+        removed = lab_down(name, lab_dir=lab_dir, inventory_path=inventory)
+        assert any(item.startswith("cgroup ") for item in removed)
+        leaks = labkit.snapshot(info.tag, lab_dir, inodes, files=(inventory,),
+                                containers=ids)
+        assert not leaks, str(leaks)
+    finally:
+        lab_down(name, lab_dir=lab_dir, inventory_path=inventory)

@@ -10,9 +10,11 @@ cgroups or processes.
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 import uuid
 
@@ -24,6 +26,7 @@ from busybox_rootfs import make_image, make_rootfs  # noqa: E402
 from remote_agent import cgroups, containers, net, sandbox  # noqa: E402
 from remote_agent import namespaces as ns  # noqa: E402
 from remote_agent import rpc_containers as rc  # noqa: E402
+from remote_agent import rpc_deploy  # noqa: E402
 from remote_agent.errors import Conflict, InvalidRequest  # noqa: E402
 
 pytestmark = [
@@ -268,6 +271,68 @@ def test_rm_restores_iptables_and_port_conflicts(root):
     assert links() == links_before
     other = run(root, ports=["18081:8000"], command=["sh", "-c", LOOP])
     containers.rm(root, other["id"], force=True)
+
+
+def move_ports(root, app, host_port, target="10.88.0.200"):
+    """Publish host_port for app through deploy.move_ports (one target)."""
+    ctx = types.SimpleNamespace(root=root)
+    rules = [{"host_port": host_port, "container_port": 8000, "targets": [target]}]
+    return rpc_deploy.move_ports(ctx, app=app, rules=rules)
+
+
+def test_published_ports_clash_between_apps_and_containers(root):
+    net.ensure_base(net.DEFAULT_SUBNET)
+    before = iptables_save()
+    ctx = types.SimpleNamespace(root=root)
+    c = None
+    try:
+        move_ports(root, "alpha", 18090)
+        published = iptables_save()
+        ids = containers.all_ids(root)
+
+        # A plain container may not take an app's port, nor an app another's.
+        with pytest.raises(Conflict, match="published by app 'alpha'"):
+            run(root, ports=["18090:8000"], command=["true"])
+        with pytest.raises(Conflict, match="published by app 'alpha'"):
+            move_ports(root, "beta", 18090)
+        assert containers.all_ids(root) == ids
+        assert iptables_save() == published
+        assert rpc_deploy.ports(ctx, app="beta") is None
+
+        # An app may not take a container's port; nothing changes when refused.
+        c = run(root, ports=["127.0.0.1:18091:8000"], command=["sh", "-c", LOOP])
+        published = iptables_save()
+        with pytest.raises(Conflict, match="published by container %r" % c["name"]):
+            move_ports(root, "beta", 18091)
+        with pytest.raises(Conflict, match=c["name"]):
+            move_ports(root, "alpha", 18091)
+        assert iptables_save() == published
+        assert rpc_deploy.ports(ctx, app="beta") is None
+        assert rpc_deploy.ports(ctx, app="alpha")["rules"][0]["host_port"] == 18090
+
+        # Switching an app's own port to new targets is no clash.
+        move_ports(root, "alpha", 18090, target="10.88.0.201")
+        move_ports(root, "beta", 18092)
+    finally:
+        if c is not None:
+            containers.rm(root, c["id"], force=True)
+        for app in ("alpha", "beta"):
+            rpc_deploy.remove_ports(ctx, app=app)
+    assert iptables_save() == before
+
+
+def test_config_holding_env_is_private(root):
+    directory = os.path.join(root, "containers")
+    os.makedirs(directory, exist_ok=True)
+    os.chmod(directory, 0o755)  # as an older agent left it
+    c = run(root, env=["API_TOKEN=s3cret"], command=["true"])
+    try:
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        config = os.path.join(directory, c["id"], "config.json")
+        assert "s3cret" in open(config).read()
+        assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
+    finally:
+        containers.rm(root, c["id"], force=True)
 
 
 def test_dead_supervisor_is_reported_exited(root):
