@@ -19,6 +19,12 @@ import time
 
 import yaml
 
+
+# The console script beside this interpreter, not a shim earlier on PATH (pyenv's
+# shims are shell scripts that would add their start-up to every mockerops run).
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "mockerops")
+MOCKEROPS = [_SCRIPT] if os.access(_SCRIPT, os.X_OK) else ["mockerops"]
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venv")
@@ -221,7 +227,7 @@ class Lab:
 
     def __enter__(self):
         try:
-            subprocess.run(["mockerops", "lab", "up", "-n", str(self.hosts),
+            subprocess.run([*MOCKEROPS, "lab", "up", "-n", str(self.hosts),
                             "--name", LAB_NAME, "--subnet", LAB_SUBNET,
                             "--dir", self.dir, "--inventory", self.inventory],
                            check=True, stdout=subprocess.DEVNULL)
@@ -240,7 +246,7 @@ class Lab:
 
     def down(self):
         """Remove the lab; report, never raise, so the caller's error survives."""
-        result = subprocess.run(["mockerops", "lab", "down", "--name", LAB_NAME,
+        result = subprocess.run([*MOCKEROPS, "lab", "down", "--name", LAB_NAME,
                                  "--dir", self.dir, "--inventory", self.inventory],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 import report  # noqa: E402
 import scenarios  # noqa: E402
-from benchlib import BENCH, Lab, ToolFailed, run_timed  # noqa: E402
+from benchlib import BENCH, MOCKEROPS, Lab, ToolFailed, run_timed  # noqa: E402
 
 WORK = "/tmp/mockerops-bench"
 
@@ -123,7 +123,7 @@ class Bench:
 
     def build_argv(self, inv, no_cache):
         """Return the mockerops build command of the ten-step Mockerfile."""
-        argv = ["mockerops", "build", "-i", inv, "all",
+        argv = [*MOCKEROPS, "build", "-i", inv, "all",
                 os.path.join(BENCH, "tenstep", "Mockerfile"), "--context",
                 self.context, "-t", "bench-tenstep:latest"]
         return argv + (["--no-cache"] if no_cache else [])
@@ -187,6 +187,12 @@ def main(argv=None):
         Lab(WORK, 1).down()  # left by a run that was killed outright
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
+    # The peers' packages were compiled when pip installed them; compile ours
+    # too, or a PYTHONDONTWRITEBYTECODE environment recompiles it on every run.
+    subprocess.run([sys.executable, "-m", "compileall", "-q",
+                    os.path.join(benchlib.REPO, "mockerops"),
+                    os.path.join(benchlib.REPO, "remote_agent")],
+                   stdout=subprocess.DEVNULL, check=False)
     print("--> Installing peers", flush=True)
     peers = benchlib.install_peers(lambda m: print("  " + m, flush=True))
     for peer, why in peers.items():

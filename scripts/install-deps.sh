@@ -15,3 +15,6 @@ fi
 # sshd is started per lab host by 'mockerops lab up'; keep the distribution's
 # own sshd service out of the way so nothing listens that we did not start.
 python3 -m pip install -q -e ".[test]"
+# Bytecode for the project's own modules: an editable install has none, and
+# with PYTHONDONTWRITEBYTECODE set every command would compile them again.
+python3 -m compileall -q mockerops remote_agent >/dev/null
