@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tarfile
 
-from benchlib import (BENCH, REPO, ToolFailed, measure, run_timed,
+from benchlib import (BENCH, MOCKEROPS, REPO, ToolFailed, measure, run_timed,
                       value_stat, venv_bin)
 
 BUSYBOX_TARBALL = os.path.join(REPO, "playbooks", "busybox", "rootfs", "busybox.tar.gz")
@@ -80,10 +80,10 @@ def fanout(b, n):
     sec = section("1. Fan-out: one ad hoc `true`", n)
     inv, pyinv = b.inventory(n), b.pyinfra_inventory(n)
     tools = {
-        "mockerops run": lambda: run_timed([*b.MOCKEROPS, "run", "-i", inv, "all", "--",
+        "mockerops run": lambda: run_timed([*MOCKEROPS, "run", "-i", inv, "all", "--",
                                             "true"]),
         "mockerops ping (agent path)": lambda: run_timed(
-            [*b.MOCKEROPS, "ping", "-i", inv, "all"]),
+            [*MOCKEROPS, "ping", "-i", inv, "all"]),
         "floor (asyncssh)": lambda: run_timed(
             [sys.executable, os.path.join(BENCH, "floor.py"), "-i", inv, "true"]),
     }
@@ -162,8 +162,8 @@ def unchanged_deploy(b, n):
     if not os.path.exists(HELLO_APP):
         skip(sec, "%s does not exist yet" % os.path.relpath(HELLO_APP, REPO))
         return sec
-    deploy = [*b.MOCKEROPS, "deploy", "-i", inv, HELLO_APP]
-    if not b.works(sec, "mockerops deploy", [*b.MOCKEROPS, "deploy", "--help"]):
+    deploy = [*MOCKEROPS, "deploy", "-i", inv, HELLO_APP]
+    if not b.works(sec, "mockerops deploy", [*MOCKEROPS, "deploy", "--help"]):
         return sec
     if not b.works(sec, "mockerops deploy (first)", deploy):
         return sec
