@@ -472,8 +472,9 @@ def rm(root, ref, force=False):
     if state.get("status") in ACTIVE:
         if not force:
             name = (read_config(root, container_id) or {}).get("name", ref)
-            raise Conflict("container %r is %s; stop it first or remove with force"
-                           % (name, state["status"]), container=container_id)
+            raise Conflict("container %r is %s; stop it first, or remove it "
+                           "anyway with rm -f" % (name, state["status"]),
+                           container=container_id)
         stop(root, container_id, timeout=0)
     cleanup_runtime(container_id)
     remove_record(root, container_id)

@@ -432,7 +432,8 @@ def resolve_image(root, ref):
                                  "more digits" % (ref, len(found)))
         if found:
             return load_image(root, found[0])
-    raise NotFound("no image %r on this host; build it or check `mockerops images`"
+    raise NotFound("no image %r on this host; see `mockerops images` for what "
+                   "is there, or build it"
                    % (ref,))
 
 

@@ -12,9 +12,7 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 fi
-# sshd is started per lab host by 'mockerops lab up'; keep the distribution's
-# own sshd service out of the way so nothing listens that we did not start.
-python3 -m pip install -q -e ".[test]"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
 # Bytecode for the project's own modules: an editable install has none, and
 # with PYTHONDONTWRITEBYTECODE set every command would compile them again.
 python3 -m compileall -q mockerops remote_agent >/dev/null

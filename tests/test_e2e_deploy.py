@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -124,6 +125,19 @@ def test_deploy_to_three_hosts_each_answers(app, lab):
     }
     for name, address, _ in lab.hosts:
         assert f"hello from {name} version 1" in get(address)
+
+
+def test_exec_reaches_an_app_container_on_every_host(app, lab):
+    proc = mockerops("exec", "-i", app.inventory, lab.name, "web", "cat", "/etc/hostname")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
+    assert sorted(lines) == sorted(name for name, _, _ in lab.hosts)
+    assert len(set(lines.values())) == len(lab.hosts), "one container per host"
+    env = dict(os.environ, MOCKEROPS_INVENTORY=str(app.inventory))
+    single = subprocess.run(
+        [sys.executable, "-m", "mockerops", "exec", lab.hosts[0][0], "web", "sh", "-c",
+         "exit 4"], capture_output=True, text=True, timeout=120, env=env)
+    assert single.returncode == 4, single.stdout + single.stderr
 
 
 def test_unchanged_deploy_builds_and_restarts_nothing(app, lab):
