@@ -72,7 +72,9 @@ def root(
 @app.command()
 @fleet_command(timeout=60.0)
 def ping(
-    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern, e.g. 'web:&prod'.")],
+    pattern: Annotated[
+        str, typer.Argument(metavar="PATTERN", help="Host pattern, e.g. 'web:&prod'.")
+    ],
     *,
     fleet: FleetArgs,
 ) -> None:
@@ -96,7 +98,9 @@ def ping(
 @fleet_command(timeout=600.0)
 def run(
     pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Host pattern.")],
-    command: Annotated[List[str], typer.Argument(metavar="COMMAND", help="Command, after --.")],
+    command: Annotated[
+        List[str], typer.Argument(metavar="COMMAND", help="Command, after --.")
+    ],
     *,
     fleet: FleetArgs,
 ) -> None:
@@ -199,8 +203,6 @@ SUBCOMMANDS = {
         "images",
         "rmi",
         "ps",
-        "logs",
-        "exec",
         "inspect",
         "prune",
         "stop",
@@ -209,6 +211,7 @@ SUBCOMMANDS = {
         "rm",
         "container",
     },
+    "mockerops.cli_exec": {"logs", "exec"},
     "mockerops.cli_deploy": {"deploy", "rollback", "status", "unlock", "remove"},
 }
 BUILTIN = {"ping", "run", "facts", "inventory"}
