@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,19 @@ def start_lab(base: Path, name: str, n: int = 3) -> LabInfo:
     except BaseException:
         lab_down(name, lab_dir=lab_dir, inventory_path=inventory)
         raise
+
+
+def mockerops(*args, timeout=600, check=False, input=None, env=None):
+    """Run the mockerops CLI as a user would; return CompletedProcess.
+
+    With check, a non-zero exit fails the test with the command's output.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "mockerops", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, input=input, env=env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"mockerops {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc

@@ -391,8 +391,9 @@ HELLO = PLAYBOOKS / "hello"
 def test_hello_playbook_builds_and_answers(lab):
     manifest = build_playbook(lab, "hello", HELLO)
     assert manifest["config"]["user"] == "app"
-    script = ("python3 /app/app.py & for i in 1 2 3 4 5 6 7 8 9 10; do "
-              "python3 /app/app.py --check && break; sleep 0.2; done; "
+    # Up to 20 s for the app to answer: a loaded CI machine starts Python slowly.
+    script = ("python3 /app/app.py & i=0; while [ $i -lt 100 ]; do "
+              "python3 /app/app.py --check && break; i=$((i+1)); sleep 0.2; done; "
               "python3 -c 'import socket; c = socket.create_connection("
               "(\"127.0.0.1\", 8000)); c.sendall(b\"GET / HTTP/1.0\\r\\n\\r\\n\"); "
               "print(c.recv(4096).decode().split(\"\\r\\n\\r\\n\")[1], end=\"\")'; "

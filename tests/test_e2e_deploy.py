@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from labkit import mockerops
 import yaml
 
 pytestmark = [pytest.mark.lab]
@@ -27,21 +28,6 @@ pytestmark = [pytest.mark.lab]
 REPO = Path(__file__).resolve().parent.parent
 HELLO = REPO / "playbooks" / "hello"
 PORT = 18080
-
-
-def mockerops(*args, timeout=600, check=False):
-    """Run the mockerops CLI; return CompletedProcess (raise on failure if check)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mockerops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"mockerops {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
 
 
 def get(address: str, timeout: float = 3.0) -> str:

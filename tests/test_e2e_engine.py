@@ -17,27 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from labkit import mockerops
 
 pytestmark = [pytest.mark.lab]
 
 REPO = Path(__file__).resolve().parent.parent
 BUSYBOX_TAR = REPO / "playbooks" / "busybox" / "rootfs" / "busybox.tar.gz"
 DEBIAN_TAR = REPO / "playbooks" / "hello" / "rootfs" / "debian-bookworm.tar.gz"
-
-
-def mockerops(*args, timeout=300, check=False):
-    """Run the mockerops CLI; return CompletedProcess (raise on failure if check)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mockerops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"mockerops {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
 
 
 def steps_of(proc) -> list[tuple[str, bool]]:
@@ -358,33 +344,16 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
 
 def test_bad_run_requests_change_nothing(host, app_image):
     name, _, _, inv = host
-    missing = mockerops("container", "run", "-i", inv, name, "nosuch:9", "--name", "x1")
+
+    def run(image, container, *extra):
+        return mockerops("container", "run", "-i", inv, name, image, "--name",
+                         container, *extra)
+
+    missing = run("nosuch:9", "x1")
     assert missing.returncode != 0 and "nosuch:9" in missing.stdout + missing.stderr
-    memory = mockerops(
-        "container",
-        "run",
-        "-i",
-        inv,
-        name,
-        app_image,
-        "--name",
-        "m1",
-        "--memory",
-        "lots",
-    )
+    memory = run(app_image, "m1", "--memory", "lots")
     assert memory.returncode != 0 and "lots" in memory.stdout + memory.stderr
-    free = mockerops(
-        "container",
-        "run",
-        "-i",
-        inv,
-        name,
-        app_image,
-        "--name",
-        "m1",
-        "--memory",
-        "64m",
-    )
+    free = run(app_image, "m1", "--memory", "64m")
     try:
         assert free.returncode == 0, free.stdout + free.stderr
     finally:

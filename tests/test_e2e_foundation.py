@@ -14,20 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from labkit import mockerops
 import yaml
 
 pytestmark = [pytest.mark.lab]
-
-
-def mockerops(*args, timeout=120, input=None):
-    """Run the mockerops CLI as a user would; return CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "mockerops", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input,
-    )
 
 
 def write_inventory(path: Path, base: Path, edit) -> Path:
