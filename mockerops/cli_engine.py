@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -77,7 +78,9 @@ def _print_table(columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    Console(highlight=False, soft_wrap=True).print(table)
+    # Piped output keeps whole rows (ids, names, ports) for grep and awk.
+    width = None if sys.stdout.isatty() else 400
+    Console(highlight=False, soft_wrap=True, width=width).print(table)
 
 
 def report_failures_and_exit(results: list[HostResult]) -> None:
@@ -105,15 +108,21 @@ def _age(ts: float | str | None) -> str:
         if secs >= size:
             n = secs // size
             return f"{n} {unit}{'s' if n > 1 else ''} ago"
-    return f"{secs} seconds ago"
+    return f"{secs} second{'' if secs == 1 else 's'} ago"
 
 
 def _ports(container: dict) -> str:
-    """Return a container's published ports as text."""
-    return ", ".join(
-        str(p.get("spec", p)) if isinstance(p, dict) else str(p)
-        for p in container.get("ports") or []
-    )
+    """Return a container's published ports as Docker shows them."""
+    shown = []
+    for p in container.get("ports") or []:
+        if isinstance(p, dict) and "host_port" in p:
+            shown.append(
+                f"{p.get('host_ip') or '0.0.0.0'}:{p['host_port']}->"
+                f"{p.get('container_port')}/{p.get('proto', 'tcp')}"
+            )
+        else:
+            shown.append(str(p))
+    return ", ".join(shown)
 
 
 # ---- images -----------------------------------------------------------------
@@ -383,6 +392,14 @@ def ps(
     report_failures_and_exit(results)
 
 
+TITLES = {
+    "container.stop": "Stop",
+    "container.start": "Start",
+    "container.restart": "Restart",
+    "container.rm": "Remove",
+}
+
+
 def _simple_verb(method: str, verb: str, extra: Callable[..., dict] | None = None):
     """Make a command that calls method with the container name on each host."""
 
@@ -407,13 +424,11 @@ def _simple_verb(method: str, verb: str, extra: Callable[..., dict] | None = Non
             fleet.hosts(pattern),
             method,
             params,
-            f"{method.split('.')[1].capitalize()} {container}",
+            f"{TITLES[method]} {container}",
             lambda r: (Status.CHANGED, f"{verb}: {container}"),
         )
 
-    command.__doc__ = (
-        f"{method.split('.')[1].capitalize()} a container on every selected host."
-    )
+    command.__doc__ = f"{TITLES[method]} a container on every selected host."
     return command
 
 
