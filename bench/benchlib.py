@@ -7,6 +7,7 @@ each run so that drift on a shared machine spreads over all of them.
 """
 
 import contextlib
+import glob
 import io
 import os
 import platform
@@ -328,3 +329,17 @@ def _short(filename):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
+
+
+def podman_cgroups():
+    """Return the libpod_parent cgroup dirs (podman's cgroupfs parent) that exist."""
+    return set(glob.glob("/sys/fs/cgroup/*/libpod_parent")
+               + glob.glob("/sys/fs/cgroup/libpod_parent"))
+
+
+def remove_cgroups(paths):
+    """Remove empty cgroup dirs and their empty children, deepest first."""
+    for top in paths:
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)

@@ -187,6 +187,38 @@ def main(argv=None):
         Lab(WORK, 1).down()  # left by a run that was killed outright
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
+    podman_cgroups = benchlib.podman_cgroups()
+    try:
+        sections, peers = run_scenarios(args)
+    finally:
+        # podman run --rm leaves the parent cgroups it made (libpod_parent);
+        # remove those this run created, and the work dir with podman's store.
+        benchlib.remove_cgroups(benchlib.podman_cgroups() - podman_cgroups)
+        shutil.rmtree(WORK, ignore_errors=True)
+
+    sections.sort(key=lambda s: (s["title"].split(".")[0].zfill(2), s["n"] or 0))
+    meta = {
+        "command": "python3 bench/run.py " + " ".join(map(shlex.quote, sys.argv[1:])),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": benchlib.machine(),
+        "load_start": load_start,
+        "load_end": benchlib.load_average(),
+        "hosts": args.hosts,
+        "runs": args.runs,
+        "heavy_runs": args.heavy_runs,
+        "peers": peer_versions(peers),
+        "elapsed": time.monotonic() - started,
+    }
+    text = report.render(meta, sections)
+    with open(args.out, "w") as f:
+        f.write(text + "\n")
+    print()
+    print(text)
+    print("Written: %s" % args.out)
+
+
+def run_scenarios(args):
+    """Install peers, bring the lab up, run every scenario; return sections, peers."""
     # The peers' packages were compiled when pip installed them; compile ours
     # too, or a PYTHONDONTWRITEBYTECODE environment recompiles it on every run.
     subprocess.run([sys.executable, "-m", "compileall", "-q",
@@ -213,28 +245,8 @@ def main(argv=None):
                          scenarios.controller_memory):
             print("--> %s" % scenario.__doc__.split(":")[0], flush=True)
             sections.append(scenario(b))
-        scenarios.cleanup_scratch(WORK)
     print("--> Lab %r removed" % benchlib.LAB_NAME, flush=True)
-
-    sections.sort(key=lambda s: (s["title"].split(".")[0].zfill(2), s["n"] or 0))
-    meta = {
-        "command": "python3 bench/run.py " + " ".join(map(shlex.quote, sys.argv[1:])),
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": benchlib.machine(),
-        "load_start": load_start,
-        "load_end": benchlib.load_average(),
-        "hosts": args.hosts,
-        "runs": args.runs,
-        "heavy_runs": args.heavy_runs,
-        "peers": peer_versions(peers),
-        "elapsed": time.monotonic() - started,
-    }
-    text = report.render(meta, sections)
-    with open(args.out, "w") as f:
-        f.write(text + "\n")
-    print()
-    print(text)
-    print("Written: %s" % args.out)
+    return sections, peers
 
 
 def peer_versions(peers):

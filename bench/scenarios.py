@@ -468,9 +468,3 @@ def controller_memory(b):
         b.profile(sec, "mockerops deploy (memory)",
                   ["deploy", "-i", b.inventory(n), HELLO_APP])
     return sec
-
-
-def cleanup_scratch(work):
-    """Remove the start benchmarks' scratch dirs (they may hold leftover files)."""
-    for path in glob.glob(os.path.join(work, "*-scratch")):
-        shutil.rmtree(path, ignore_errors=True)

@@ -5,6 +5,7 @@ ran (or said why it was skipped) and that the report it writes is complete.
 Needs root and sshd for its own lab (CI is root).
 """
 
+import glob
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,14 @@ SCENARIOS = [
 ]
 
 
+def podman_parents():
+    """Return podman's parent cgroups that exist now."""
+    return set(glob.glob("/sys/fs/cgroup/*/libpod_parent"))
+
+
 def test_bench_smoke_pass_writes_every_scenario(tmp_path):
     out = tmp_path / "RESULTS.md"
+    parents_before = podman_parents()
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--smoke", "--out", str(out)],
         capture_output=True, text=True, timeout=1800,
@@ -33,3 +40,5 @@ def test_bench_smoke_pass_writes_every_scenario(tmp_path):
         assert heading in report, heading
     assert "| mockerops" in report or "mockerops " in report
     assert "Traceback" not in proc.stdout + proc.stderr
+    assert not Path("/tmp/mockerops-bench").exists(), "the bench's work dir is left"
+    assert podman_parents() <= parents_before, "podman's cgroups are left"
