@@ -238,7 +238,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except MockeropsError as exc:
-        err.print(f"error: {exc.message}", style="red", markup=False)
+        where = f"{exc.host}: " if exc.host else ""
+        err.print(f"error: {where}{exc.message}", style="red", markup=False)
         if exc.hint:
             err.print(f"  hint: {exc.hint}", markup=False)
         code = exc.exit_code

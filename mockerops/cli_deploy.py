@@ -1,4 +1,4 @@
-"""CLI verbs of app deploys: deploy (and --check), status, rollback, unlock.
+"""CLI verbs of app deploys: deploy (and --check), status, rollback, unlock, remove.
 
 A deploy reads as phases: connect to every host the app targets, then roll out
 batch by batch (on each host: lock, build, plan, start, health, switch, drain,
@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from mockerops.appspec import AppSpec, load_appspec
-from mockerops.cli_common import FleetArgs, fleet_command, load
+from mockerops.cli_common import FleetArgs, fleet_command
 from mockerops.connection import ConnectOptions
 from mockerops.errors import DeployError
 from mockerops.fleet import (
@@ -30,11 +30,14 @@ from mockerops.inventory import Host
 from mockerops.plan import specs_from_history
 from mockerops.report import Reporter, exit_code, make_reporter
 from mockerops.rollout import (
+    DeployLease,
     DeployOptions,
     check_host,
     deploy_host,
     image_builder,
+    list_app,
     read_history,
+    remove_container,
     run_rollout,
 )
 
@@ -43,9 +46,10 @@ AppArg = Annotated[
 ]
 
 
-def _hosts(app: AppSpec, inventory: Path | None, limit: str | None) -> list[Host]:
-    """Return the hosts the app targets, narrowed by --limit."""
-    return load(inventory).select(app.hosts, limit=limit)
+def _load(app_path: Path, fleet: FleetArgs) -> tuple[AppSpec, list[Host]]:
+    """Return the app and the hosts it targets, narrowed by --limit."""
+    app = load_appspec(str(app_path))
+    return app, fleet.hosts(app.hosts)
 
 
 async def _connect(
@@ -157,26 +161,19 @@ async def _one_host(
     """Deploy, check or roll back the app on one connected host."""
     session = await ctx.agent()
     name = ctx.host.name
-    build = image_builder(
-        app,
-        name,
-        ctx.host.vars,
-        no_cache=no_cache,
-        on_event=_build_progress(reporter, name),
-    )
     if check:
         image_id = await _planned_image(session, app, ctx.host)
         outcome = await check_host(session, app, name, image_id)
         for line in outcome.diff:
             reporter.host_output(name, line)
         return outcome.to_host_result()
-    opts = DeployOptions(build=build, on_event=_progress(reporter, name, verbose))
+    opts = DeployOptions(on_event=_progress(reporter, name, verbose))
     if rollback:
         history = await read_history(session, app.name)
         versions = history.get("versions") or []
         if len(versions) < 2:
             raise DeployError(
-                f"{name}: no previous version of {app.name} to roll back to"
+                f"no previous version of {app.name} to roll back to", host=name
             )
         entry = versions[-2]
         outcome = await deploy_host(
@@ -188,6 +185,13 @@ async def _one_host(
             containers=specs_from_history(app, entry),
         )
     else:
+        opts.build = image_builder(
+            app,
+            name,
+            ctx.host.vars,
+            no_cache=no_cache,
+            on_event=_build_progress(reporter, name),
+        )
         outcome = await deploy_host(session, app, name, opts)
     return outcome.to_host_result()
 
@@ -209,20 +213,42 @@ async def _planned_image(session, app: AppSpec, host: Host) -> str:
     return planned or "(to be built)"
 
 
-def _run(app_path: Path, fleet: FleetArgs, **kwargs) -> None:
+def _run(
+    app_path: Path,
+    fleet: FleetArgs,
+    *,
+    rollback: bool = False,
+    check: bool = False,
+    no_cache: bool = False,
+    verbose: bool = False,
+) -> None:
     """Load the app, deploy it, print the recap and exit with the summed status."""
     from mockerops.build import check_mockerfile
 
-    app = load_appspec(str(app_path))
-    hosts = _hosts(app, fleet.inventory, fleet.limit)
+    app, hosts = _load(app_path, fleet)
     # Bad Mockerfiles are bad input: report them before touching any host (a
     # rollback builds nothing, so the current Mockerfile cannot block it).
-    for host in [] if kwargs.get("rollback") else hosts:
-        check_mockerfile(app.image.mockerfile, app.image.context, host=host.name,
-                         variables={**host.vars, **app.vars},
-                         build_args=app.image.build_args)
+    for host in [] if rollback else hosts:
+        check_mockerfile(
+            app.image.mockerfile,
+            app.image.context,
+            host=host.name,
+            variables={**host.vars, **app.vars},
+            build_args=app.image.build_args,
+        )
     with make_reporter(fleet.json_output) as reporter:
-        results = asyncio.run(_deploy(app, hosts, fleet.opts, reporter, **kwargs))
+        results = asyncio.run(
+            _deploy(
+                app,
+                hosts,
+                fleet.opts,
+                reporter,
+                rollback=rollback,
+                check=check,
+                no_cache=no_cache,
+                verbose=verbose,
+            )
+        )
         reporter.stop()
         reporter.recap(results)
     raise typer.Exit(exit_code(results))
@@ -244,14 +270,7 @@ def deploy(
     fleet: FleetArgs,
 ) -> None:
     """Roll an app out to its hosts: build, start, health-check, switch, retire."""
-    _run(
-        app_path,
-        fleet,
-        no_cache=no_cache,
-        check=check,
-        rollback=False,
-        verbose=verbose_steps,
-    )
+    _run(app_path, fleet, check=check, no_cache=no_cache, verbose=verbose_steps)
 
 
 @fleet_command(timeout=3600.0)
@@ -261,14 +280,7 @@ def rollback(
     fleet: FleetArgs,
 ) -> None:
     """Put back the version each host ran before the last deploy, in batches."""
-    _run(
-        app_path,
-        fleet,
-        no_cache=False,
-        check=False,
-        rollback=True,
-        verbose=False,
-    )
+    _run(app_path, fleet, rollback=True)
 
 
 @fleet_command(timeout=60.0)
@@ -279,10 +291,8 @@ def status(
 ) -> None:
     """Show what of the app runs where, its version and whether it is healthy."""
     from mockerops.health import probe
-    from mockerops.rollout import list_app
 
-    app = load_appspec(str(app_path))
-    hosts = _hosts(app, fleet.inventory, fleet.limit)
+    app, hosts = _load(app_path, fleet)
     checks = {c.name: c.healthcheck for c in app.containers}
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
@@ -328,9 +338,7 @@ def unlock(
     fleet: FleetArgs,
 ) -> None:
     """Break the app's deploy lock on hosts (after a controller was killed)."""
-
-    app = load_appspec(str(app_path))
-    hosts = _hosts(app, fleet.inventory, fleet.limit)
+    app, hosts = _load(app_path, fleet)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         session = await ctx.agent()
@@ -349,10 +357,7 @@ def remove(
     fleet: FleetArgs,
 ) -> None:
     """Stop and remove every container of the app and its published ports."""
-    from mockerops.rollout import DeployOptions, DeployLease, list_app, remove_container
-
-    app = load_appspec(str(app_path))
-    hosts = _hosts(app, fleet.inventory, fleet.limit)
+    app, hosts = _load(app_path, fleet)
 
     async def work(ctx: HostContext, reporter: Reporter) -> HostResult:
         session = await ctx.agent()

@@ -14,21 +14,33 @@ Every message names where the problem is (file:line, host, container) and, where
 there is one, what to do next. A traceback is printed only for bugs.
 """
 
+from __future__ import annotations
+
 
 class MockeropsError(Exception):
     """Base of every error the CLI reports as one line."""
 
     exit_code = 4
 
-    def __init__(self, message: str, *, hint: str = "") -> None:
+    def __init__(
+        self, message: str, *, hint: str = "", host: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.host = host
 
     def __str__(self) -> str:
+        return self.for_host(None)
+
+    def for_host(self, host: str | None) -> str:
+        """Return the text for a line that already names host (so it is not repeated)."""
+        text = self.message
+        if self.host and self.host != host:
+            text = f"{self.host}: {text}"
         if self.hint:
-            return f"{self.message}\n  hint: {self.hint}"
-        return self.message
+            text += f"\n  hint: {self.hint}"
+        return text
 
 
 class InventoryError(MockeropsError):
@@ -43,8 +55,7 @@ class ConnectionFailed(MockeropsError):
     """A host could not be reached or refused us; the host counts as unreachable."""
 
     def __init__(self, host: str, message: str, *, hint: str = "") -> None:
-        super().__init__(f"{host}: {message}", hint=hint)
-        self.host = host
+        super().__init__(message, hint=hint, host=host)
 
 
 class HostKeyError(ConnectionFailed):
@@ -55,8 +66,7 @@ class AgentCallError(MockeropsError):
     """The agent on a host answered a call with a structured error."""
 
     def __init__(self, host: str, kind: str, message: str, details=None) -> None:
-        super().__init__(f"{host}: {message}")
-        self.host = host
+        super().__init__(message, host=host)
         self.kind = kind
         self.details = details or {}
 

@@ -83,6 +83,14 @@ class HostContext:
 Work = Callable[[HostContext], Awaitable[HostResult]]
 
 
+async def _connect_one(host: Host, opts: ConnectOptions) -> HostContext | HostResult:
+    """Connect to host; return its context, or its unreachable result."""
+    try:
+        return HostContext(host, await connect(host, opts), opts)
+    except ConnectionFailed as exc:
+        return HostResult(host.name, Status.UNREACHABLE, exc.for_host(host.name))
+
+
 async def open_hosts(
     hosts: list[Host], opts: ConnectOptions, on_event: Callable | None = None
 ) -> tuple[dict[str, HostContext], dict[str, HostResult]]:
@@ -95,18 +103,15 @@ async def open_hosts(
         async with limit:
             if on_event:
                 on_event(host.name, "connecting")
-            try:
-                conn = await connect(host, opts)
-            except ConnectionFailed as exc:
-                failures[host.name] = HostResult(
-                    host.name, Status.UNREACHABLE, why(host.name, exc)
-                )
-                if on_event:
-                    on_event(host.name, "unreachable")
-                return
-            contexts[host.name] = HostContext(host, conn, opts)
+            opened = await _connect_one(host, opts)
+            if isinstance(opened, HostResult):
+                failures[host.name] = opened
+            else:
+                contexts[host.name] = opened
             if on_event:
-                on_event(host.name, "connected")
+                on_event(
+                    host.name, "unreachable" if host.name in failures else "connected"
+                )
 
     await asyncio.gather(*(one(h) for h in hosts))
     return contexts, failures
@@ -128,17 +133,14 @@ async def run_on_hosts(
     async def one(host: Host) -> HostResult:
         async with limit:
             reporter.host_update(host.name, "connecting")
-            try:
-                conn = await connect(host, opts)
-            except ConnectionFailed as exc:
-                result = HostResult(host.name, Status.UNREACHABLE, why(host.name, exc))
-                reporter.host_result(result)
-                return result
-            ctx = HostContext(host, conn, opts)
-            try:
-                result = await guarded(ctx, work)
-            finally:
-                await ctx.close()
+            opened = await _connect_one(host, opts)
+            if isinstance(opened, HostResult):
+                result = opened
+            else:
+                try:
+                    result = await guarded(opened, work)
+                finally:
+                    await opened.close()
             reporter.host_result(result)
             return result
 
@@ -150,13 +152,8 @@ async def guarded(ctx: HostContext, work: Work) -> HostResult:
     try:
         return await work(ctx)
     except ConnectionFailed as exc:
-        return HostResult(ctx.host.name, Status.UNREACHABLE, why(ctx.host.name, exc))
+        return HostResult(
+            ctx.host.name, Status.UNREACHABLE, exc.for_host(ctx.host.name)
+        )
     except MockeropsError as exc:
-        return HostResult(ctx.host.name, Status.FAILED, why(ctx.host.name, exc))
-
-
-def why(host: str, exc: MockeropsError) -> str:
-    """Return an error's text for a host's result line, without the host's name."""
-    text = str(exc)
-    prefix = f"{host}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+        return HostResult(ctx.host.name, Status.FAILED, exc.for_host(ctx.host.name))

@@ -463,7 +463,9 @@ async def deploy_host(
         entry = history_entry(desired, image_id, opts.owner, time.time())
 
         if not plan.changed:
-            await record_history(session, app.name, entry)
+            # Recorded already unless the history lost it: one round trip less.
+            if current_specs(history) != current_specs({"versions": [entry]}):
+                await record_history(session, app.name, entry)
             return DeployOutcome(host, "ok", "up to date", image_id, diff)
 
         try:

@@ -21,7 +21,7 @@ import shutil
 import stat
 import tarfile
 
-from remote_agent import layers, sandbox
+from remote_agent import layers, sandbox, util
 from remote_agent.errors import AgentError, CommandFailed, InvalidRequest, NotFound
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -366,26 +366,11 @@ class Builder:
     def resolve(self, path, extra_top, follow_last):
         """Return path with symlinks in the image resolved, as if it were /."""
         stack = list(extra_top) + self.lowerdirs()
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        done, hops = [], 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            found = layers.lookup(stack, "/".join(done + [part]))
-            if found and os.path.islink(found) and (parts or follow_last):
-                hops += 1
-                if hops > 40:
-                    raise InvalidRequest("too many symlinks resolving %r" % path)
-                target = os.readlink(found)
-                if target.startswith("/"):
-                    done = []
-                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-                continue
-            done.append(part)
-        return "/".join(done)
+        try:
+            return util.resolve_in_root(
+                path, lambda rel: layers.lookup(stack, rel), follow_last)
+        except OSError as exc:
+            raise InvalidRequest(exc.strerror or str(exc))
 
     def place(self, fs, dest, follow_last=False):
         """Return (path in the image, path in layer fs) of dest, making its parents."""

@@ -9,6 +9,7 @@ import os
 import stat
 
 from remote_agent import namespaces as ns
+from remote_agent import util
 
 # Files Docker hides behind /dev/null, directories behind an empty read-only
 # tmpfs, and paths it makes read-only (moby oci/defaults.go).
@@ -30,27 +31,8 @@ _MAX_MOUNT_DATA = 4000
 
 def secure_join(root, path):
     """Return path resolved inside root, following symlinks as if root were /."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *(resolved + [part]))
-        if os.path.islink(candidate):
-            hops += 1
-            if hops > 40:
-                raise OSError(40, "too many symlinks resolving %r in %r" % (path, root))
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved) if resolved else root
+    rel = util.resolve_in_root(path, lambda rel: os.path.join(root, rel))
+    return os.path.join(root, rel) if rel else root
 
 
 def make_private():

@@ -171,17 +171,22 @@ def _die(code, message):
         os._exit(code)
 
 
-def init_loop(main_pid):
-    """Act as PID 1: forward signals to main_pid, reap all, return its exit code."""
+def forward_signals(pid):
+    """Pass the signals a container's main process should get on to pid."""
 
     def forward(signum, frame):
         try:
-            os.kill(main_pid, signum)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
+
+
+def init_loop(main_pid):
+    """Act as PID 1: forward signals to main_pid, reap all, return its exit code."""
+    forward_signals(main_pid)
     while True:
         try:
             pid, status = os.wait()
@@ -285,14 +290,7 @@ def exec_main(pid, spec_fd):
     for fd in procs:
         os.close(fd)
 
-    def forward(signum, frame):
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
+    forward_signals(child)
     if master is not None:
         return _relay_pty(master, child)
     while True:

@@ -27,7 +27,7 @@ def logs(root, ref, on_output, follow=False, tail=None, cancelled=None):
     """Pass a container's log to on_output(stream, bytes); follow until it stops."""
     if tail is not None and (not isinstance(tail, int) or tail < 0):
         raise InvalidRequest("tail must be a whole number >= 0, got %r" % (tail,))
-    container_id = containers.resolve(root, ref)
+    container_id = resolve_app_ref(root, ref)
     directory = containers.container_dir(root, container_id)
     records = supervisor.read_log(directory, tail)
     for stream, data in records:
@@ -42,12 +42,13 @@ def logs(root, ref, on_output, follow=False, tail=None, cancelled=None):
     supervisor.follow_log(directory, on_output, running, cancelled)
 
 
-def resolve_exec_target(root, ref):
+def resolve_app_ref(root, ref):
     """Return the container ref names: a name or id, else an app container's.
 
     A deploy names containers <app>-<container>-<replica>-<hash>; users type the
-    container's name from app.yaml (``exec web1 api ...``), so when nothing has
-    that exact name, the first running replica labelled with it is taken.
+    container's name from app.yaml (``exec web1 api ...``, ``logs web1 api``),
+    so when nothing has that exact name, the first running replica labelled
+    with it is taken.
     """
     try:
         return containers.resolve(root, ref)
@@ -75,7 +76,7 @@ def exec_in_container(root, ref, argv, on_output, env=None, tty=False,
             isinstance(a, str) for a in argv):
         raise InvalidRequest("exec needs argv as a non-empty list of strings, got %r"
                              % (argv,))
-    container_id = resolve_exec_target(root, ref)
+    container_id = resolve_app_ref(root, ref)
     config = containers.read_config(root, container_id)
     state = containers.refresh(root, container_id)
     pid = state.get("pid")

@@ -322,12 +322,9 @@ def record(ctx, app, entry):
         data = read_json(path) or {"app": app, "versions": []}
         versions = data.setdefault("versions", [])
         if versions and version_key(versions[-1]) == version_key(entry):
-            versions[-1]["confirmed_at"] = time.time()
-            appended = False
-        else:
-            versions.append(entry)
-            del versions[:-HISTORY_KEEP]
-            appended = True
+            return {"appended": False, "versions": len(versions)}
+        versions.append(entry)
+        del versions[:-HISTORY_KEEP]
         # A version's canonical spec holds the app's env: root's eyes only.
         write_json(path, data, mode=0o600)
-    return {"appended": appended, "versions": len(versions)}
+    return {"appended": True, "versions": len(versions)}

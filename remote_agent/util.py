@@ -1,6 +1,7 @@
 """Small host helpers every agent module uses: atomic files, locks, commands."""
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -80,3 +81,36 @@ def run(argv, check=True, input=None, timeout=120, env=None):
     if check and proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stdout)
     return proc
+
+
+MAX_SYMLINK_HOPS = 40  # as the kernel's MAXSYMLINKS
+
+
+def resolve_in_root(path, locate, follow_last=True):
+    """Return path, relative to an image root, with its symlinks resolved there.
+
+    Links are followed as if the root were /, so an absolute or ../ target never
+    leaves it. locate(rel) returns where rel is on the host (None or a missing
+    path when it does not exist); the last component is followed only when
+    follow_last. Raises OSError(ELOOP) after too many links.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done, hops = [], 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        found = locate("/".join(done + [part]))
+        if found and os.path.islink(found) and (parts or follow_last):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise OSError(errno.ELOOP, "too many symlinks resolving %r" % path)
+            target = os.readlink(found)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return "/".join(done)

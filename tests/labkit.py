@@ -230,3 +230,11 @@ def mockerops(*args, timeout=600, check=False, input=None, env=None):
             f"mockerops {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def iptables_rules(netns: str) -> list[str]:
+    """Return a namespace's iptables rules, without counters or comments."""
+    saved = subprocess.run(["ip", "netns", "exec", netns, "iptables-save"],
+                           capture_output=True, text=True, check=True).stdout
+    return [re.sub(r"\[\d+:\d+\]", "", line) for line in saved.splitlines()
+            if not line.startswith("#")]

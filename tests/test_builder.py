@@ -238,7 +238,7 @@ def test_failed_run_step_numbers_agree_and_name_the_line(lab):
     assert info.value.message == f"{lab.context / 'Mockerfile'}:4: RUN false exited 1"
     cause = info.value.__context__
     assert isinstance(cause, AgentCallError)
-    assert cause.message == "web1: step 3: RUN false exited 1"
+    assert str(cause) == "web1: step 3: RUN false exited 1"
     assert [d["step"] for e, d, b in lab.events if e == "step"] == [1, 2, 3]
     assert [d["instruction"] for e, d, b in lab.events if e == "step"][-1] == (
         "RUN false")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import mockerops
+from labkit import iptables_rules, mockerops
 import yaml
 
 pytestmark = [pytest.mark.lab]
@@ -142,20 +142,7 @@ def test_unchanged_deploy_builds_and_restarts_nothing(app, lab):
 
 def netns_snapshot(lab) -> dict:
     """Return every lab host's iptables rules (without counters)."""
-    out = {}
-    for name, _, netns in lab.hosts:
-        rules = subprocess.run(
-            ["ip", "netns", "exec", netns, "iptables-save"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        out[name] = [
-            re.sub(r"\[\d+:\d+\]", "", line)
-            for line in rules.splitlines()
-            if not line.startswith("#")
-        ]
-    return out
+    return {name: iptables_rules(netns) for name, _, netns in lab.hosts}
 
 
 def test_check_changes_nothing(app, lab):

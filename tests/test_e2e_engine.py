@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from labkit import mockerops
+from labkit import iptables_rules, mockerops
 
 pytestmark = [pytest.mark.lab]
 
@@ -172,19 +172,20 @@ def test_bad_mockerfiles_name_file_and_line(
     assert "Traceback" not in text
 
 
+def run_container(inv, host, image, name, *extra, check=False):
+    """Run a container through the CLI; return CompletedProcess."""
+    return mockerops("container", "run", "-i", inv, host, image, "--name", name,
+                     *extra, check=check)
+
+
+def exec_in(inv, host, container, *argv, check=False):
+    """Run argv in a container through the CLI; return CompletedProcess."""
+    return mockerops("exec", "-i", inv, host, container, "--", *argv, check=check)
+
+
 def netns_state(netns: str) -> dict:
     """Return what a container could leave behind in a lab host's namespace."""
-    rules = subprocess.run(
-        ["ip", "netns", "exec", netns, "iptables-save"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rules = [
-        re.sub(r"\[\d+:\d+\]", "", line)
-        for line in rules.splitlines()
-        if not line.startswith("#")
-    ]
+    rules = iptables_rules(netns)
     links = subprocess.run(
         ["ip", "-n", netns, "-o", "link"], capture_output=True, text=True, check=True
     ).stdout
@@ -223,26 +224,12 @@ def wait_http(url: str, deadline: float = 15.0) -> str:
 
 def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
     name, address, netns, inv = host
-    mockerops(
-        "container", "run", "-i", inv, name, app_image, "--name", "warmup", check=True
-    )
+    run_container(inv, name, app_image, "warmup", check=True)
     mockerops("rm", "-i", inv, name, "warmup", "-f", check=True)
     before = netns_state(netns)
     mounts_before = overlay_mounts()
 
-    mockerops(
-        "container",
-        "run",
-        "-i",
-        inv,
-        name,
-        app_image,
-        "--name",
-        "web",
-        "-p",
-        "8080:8000",
-        check=True,
-    )
+    run_container(inv, name, app_image, "web", "-p", "8080:8000", check=True)
     try:
         body = wait_http(f"http://{address}:8080/").strip()
         record = json.loads(
@@ -251,15 +238,13 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
         assert body == record["id"][:12], "the app sees its own hostname, as Docker's"
         assert body != os.uname().nodename
 
-        ps = mockerops("exec", "-i", inv, name, "web", "--", "ps", "-o", "pid,comm")
+        ps = exec_in(inv, name, "web", "ps", "-o", "pid,comm")
         assert ps.returncode == 0, ps.stderr
         pids = [line.split()[0] for line in ps.stdout.splitlines()[1:]]
         assert "1" in pids and len(pids) < 10, ps.stdout
         assert "sshd" not in ps.stdout and "pytest" not in ps.stdout
 
-        rc = mockerops(
-            "exec", "-i", inv, name, "web", "--", "sh", "-c", "echo out; exit 7"
-        )
+        rc = exec_in(inv, name, "web", "sh", "-c", "echo out; exit 7")
         assert rc.returncode == 7 and rc.stdout.strip() == "out"
         with open(__file__, "rb") as stdin:
             fed = subprocess.run(
@@ -282,48 +267,14 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
         assert "app:1" in images.stdout and "ago" in images.stdout
 
         for _ in range(3):
-            mockerops(
-                "exec",
-                "-i",
-                inv,
-                name,
-                "web",
-                "--",
-                "sh",
-                "-c",
-                "sleep 0.2 & exit 0",
-                check=True,
-            )
+            exec_in(inv, name, "web", "sh", "-c", "sleep 0.2 & exit 0", check=True)
         time.sleep(1)
-        zombies = mockerops(
-            "exec",
-            "-i",
-            inv,
-            name,
-            "web",
-            "--",
-            "sh",
-            "-c",
-            "ps -o stat | grep -c Z || true",
-        )
+        zombies = exec_in(inv, name, "web", "sh", "-c", "ps -o stat | grep -c Z || true")
         assert zombies.stdout.strip() == "0", "orphans of exec must be reaped"
 
-        taken = mockerops(
-            "container", "run", "-i", inv, name, app_image, "--name", "web"
-        )
+        taken = run_container(inv, name, app_image, "web")
         assert taken.returncode != 0 and "web" in taken.stdout + taken.stderr
-        port = mockerops(
-            "container",
-            "run",
-            "-i",
-            inv,
-            name,
-            app_image,
-            "--name",
-            "web2",
-            "-p",
-            "8080:8000",
-        )
+        port = run_container(inv, name, app_image, "web2", "-p", "8080:8000")
         assert port.returncode != 0 and "8080" in port.stdout + port.stderr
 
         started = time.monotonic()
@@ -332,7 +283,7 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
         logs = mockerops("logs", "-i", inv, name, "web", check=True)
         assert "got TERM" in logs.stdout
 
-        stopped = mockerops("exec", "-i", inv, name, "web", "--", "true")
+        stopped = exec_in(inv, name, "web", "true")
         assert (
             stopped.returncode != 0 and "not running" in stopped.stdout + stopped.stderr
         )
@@ -345,15 +296,11 @@ def test_container_lifecycle_ports_exec_stop_and_clean_rm(host, app_image):
 def test_bad_run_requests_change_nothing(host, app_image):
     name, _, _, inv = host
 
-    def run(image, container, *extra):
-        return mockerops("container", "run", "-i", inv, name, image, "--name",
-                         container, *extra)
-
-    missing = run("nosuch:9", "x1")
+    missing = run_container(inv, name, "nosuch:9", "x1")
     assert missing.returncode != 0 and "nosuch:9" in missing.stdout + missing.stderr
-    memory = run(app_image, "m1", "--memory", "lots")
+    memory = run_container(inv, name, app_image, "m1", "--memory", "lots")
     assert memory.returncode != 0 and "lots" in memory.stdout + memory.stderr
-    free = run(app_image, "m1", "--memory", "64m")
+    free = run_container(inv, name, app_image, "m1", "--memory", "64m")
     try:
         assert free.returncode == 0, free.stdout + free.stderr
     finally:
@@ -362,23 +309,8 @@ def test_bad_run_requests_change_nothing(host, app_image):
 
 def test_restart_on_failure_restarts_a_crashing_app(host, app_image):
     name, _, _, inv = host
-    mockerops(
-        "container",
-        "run",
-        "-i",
-        inv,
-        name,
-        app_image,
-        "--name",
-        "crash",
-        "--restart",
-        "on-failure:3",
-        "--",
-        "sh",
-        "-c",
-        "echo run; exit 3",
-        check=True,
-    )
+    run_container(inv, name, app_image, "crash", "--restart", "on-failure:3", "--",
+                  "sh", "-c", "echo run; exit 3", check=True)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -410,19 +342,7 @@ def test_debian_hello_example_builds_and_serves(lab):
         "build", "-i", inv, name, mockerfile, "-t", "hello:1", "--json", check=True
     )
     assert all(c for _, c in steps_of(again))
-    mockerops(
-        "container",
-        "run",
-        "-i",
-        inv,
-        name,
-        "hello:1",
-        "--name",
-        "hello",
-        "-p",
-        "8081:8000",
-        check=True,
-    )
+    run_container(inv, name, "hello:1", "hello", "-p", "8081:8000", check=True)
     try:
         assert f"hello from {name}" in wait_http(f"http://{address}:8081/")
     finally:
